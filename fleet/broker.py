@@ -295,23 +295,33 @@ def register(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--persistence", action="store_true", help="keep sessions and retained messages")
     run.add_argument("--password-file", help="Mosquitto password_file (from `fleet broker credentials`)")
     run.add_argument("--acl-file", help="Mosquitto acl_file (from `fleet broker credentials`)")
+    run.add_argument("--tls-dir", type=Path, help="also listen with TLS, using the files of `fleet broker tls-init`")
+    run.add_argument("--tls-port", type=int, default=8883, help="TLS port (default %(default)s)")
     run.set_defaults(func=_cmd_run)
+    from fleet.security import register_verbs
+
+    register_verbs(verbs)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     if args.kind == "embedded" or (args.kind == "auto" and not find_mosquitto()):
-        if args.password_file or args.acl_file:
-            raise BrokerError("embedded", "credentials and ACLs need Mosquitto")
+        if args.password_file or args.acl_file or args.tls_dir:
+            raise BrokerError("embedded", "credentials, ACLs and TLS need Mosquitto")
         broker: Mosquitto | EmbeddedBroker = EmbeddedBroker(port=args.port)
     else:
         workdir = args.dir or Path(tempfile.mkdtemp(prefix="fleet-broker-"))
-        broker = Mosquitto(workdir, port=args.port, persistence=args.persistence,
-                           password_file=args.password_file, acl_file=args.acl_file)
+        tls = None
+        if args.tls_dir:
+            d = args.tls_dir
+            tls = TLSFiles(str(d / "ca.crt"), str(d / "broker.crt"), str(d / "broker.key"))
+        broker = Mosquitto(workdir, port=args.port, persistence=args.persistence, password_file=args.password_file,
+                           acl_file=args.acl_file, tls=tls, tls_port=args.tls_port if tls else 0)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     with broker:
-        print(f"{broker.kind} broker on {broker.url} (Ctrl-C stops it)", flush=True)
+        also = f" and {broker.tls_url}" if isinstance(broker, Mosquitto) and broker.tls else ""
+        print(f"{broker.kind} broker on {broker.url}{also} (Ctrl-C stops it)", flush=True)
         while not stop.wait(0.5):
             proc = getattr(broker, "proc", None)
             if proc is not None and proc.poll() is not None:
