@@ -9,7 +9,7 @@ may name (`ACTIONS`, `EVENTS`); the rules are checked against them when `hub.hjs
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,9 +55,22 @@ class Hub(Protocol):
     async def publish(self, topic: str, payload: str | bytes | None = None, qos: int = 0,
                       retain: bool = False) -> None: ...
 
-    def subscribe(self, topic_filter: str, qos: int = 1) -> AbstractAsyncContextManager[AsyncIterator[aiomqtt.Message]]:
-        """`async with hub.subscribe(f) as messages: async for msg in messages: …` — the messages on `f`;
-        retained `/set` messages are already dropped."""
+    def subscribe(self, topic_filter: str | Sequence[str],
+                  qos: int = 1) -> AbstractAsyncContextManager[AsyncIterator[aiomqtt.Message]]:
+        """`async with hub.subscribe(f) as messages: async for msg in messages: …` — the messages on `f`
+        (one filter or several); retained `/set` messages are already dropped. The subscription outlives
+        reconnections: the hub subscribes again after every reconnect."""
+
+    async def announce(self, platform: str, obj: str, entity: dict[str, Any]) -> None:
+        """Announce a Home Assistant entity of this hub (PROTOCOL.md section 5): `entity` holds `name`,
+        `state_topic`, … ; the hub adds `unique_id`, availability and the device block, publishes it
+        retained and sends it again whenever Home Assistant comes online."""
+
+    def job_names(self) -> list[str]:
+        """The jobs configured to run, in order."""
+
+    def busy_time(self, job: str) -> float:
+        """Seconds of event-loop time the job's tasks have used since it started (for the stats job)."""
 
     def job(self, name: str) -> Job | None:
         """Another running job, for read-only queries (e.g. the upload queue's size)."""
