@@ -1,9 +1,14 @@
-"""A position-keeping Hjson loader: the same data as `hjson.loads`, plus the line and column of every key and value.
+r"""A position-keeping Hjson loader: the same data as `hjson.loads`, plus the line and column of every key and value.
 
 Config validation reports `FILE:LINE:COL: path.to.key: message`; the `hjson` package gives no positions, so
 this is our own recursive-descent parser of https://hjson.github.io/syntax.html. Where the spec leaves room,
 it follows hjson-py 3.1 (the reference): `loads(text).data` equals `hjson.loads(text)` for every input that
-hjson-py accepts, and every input it rejects raises `ConfigError` here.
+hjson-py accepts, and every input it rejects raises `ConfigError` here, except where hjson-py is at fault:
+- a `'''` string on the text's first line: hjson-py takes its indent from the text's last line (a wrapped
+  index) and crashes if there is no newline at all; we use the column of the quotes, as on any other line;
+- `\u` takes exactly 4 hex digits (hjson-py lets int() also take a sign, `_` or spaces);
+- a text that is only a byte order mark is an empty object, like an empty text;
+- nesting deeper than 256 levels is refused (hjson-py hits a RecursionError a little deeper).
 """
 
 from __future__ import annotations
@@ -27,10 +32,13 @@ KeyPath: TypeAlias = tuple[str | int, ...]
 _Node: TypeAlias = tuple[int, int, "dict[str, _Node] | list[_Node] | None"]
 
 # Whitespace and comments between tokens. Only these four whitespace characters separate tokens (as in
-# hjson-py); a `/*` left over after this match is an unterminated comment.
-_SKIP = re.compile(r"(?:[ \t\r\n]+|#[^\r\n]*|//[^\r\n]*|/\*.*?\*/)*", re.DOTALL)
-# A quoteless key, its trailing whitespace and the colon.
-_KEY = re.compile(r"([^ \t\r\n:{}\[\],]+)[ \t\r\n]*:")
+# hjson-py); a `/*` left over after a match is an unterminated comment.
+_GAP = r"(?:[ \t\r\n]+|#[^\r\n]*|//[^\r\n]*|/\*.*?\*/)*"
+_SKIP = re.compile(_GAP, re.DOTALL)
+# The gap after a member or item, with its optional comma: one match instead of three steps, for speed.
+_SEPARATOR = re.compile(f"{_GAP}(?:,{_GAP})?", re.DOTALL)
+# A quoteless key, its trailing whitespace, the colon and the gap to the value.
+_KEY = re.compile(r"([^ \t\r\n:{}\[\],]+)([ \t\r\n]*):" + _GAP, re.DOTALL)
 _KEY_WORD = re.compile(r"[^ \t\r\n:{}\[\],]*")
 _LINE_REST = re.compile(r"[^\r\n]*")
 # Where a quoteless value may end early, provided what precedes is a number or a literal.
@@ -41,6 +49,7 @@ _LITERALS: dict[str, Any] = {"true": True, "false": False, "null": None}
 _PLAIN = {'"': re.compile(r'[^"\\\x00-\x1f]*'), "'": re.compile(r"[^'\\\x00-\x1f]*")}
 _ESCAPES = {'"': '"', "'": "'", "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
 _HEX4 = re.compile(r"[0-9a-fA-F]{4}")
+_MAX_DEPTH = 256  # nesting levels; each takes two stack frames, and Python allows 1,000
 
 
 def format_path(path: KeyPath) -> str:
@@ -112,7 +121,7 @@ class Document:
         return trail[-1]
 
     def _position(self, offset: int) -> Position:
-        return _position(self.filename, self._text, offset, self._lines())
+        return _position(self.filename, offset, self._lines())
 
     def _lines(self) -> list[int]:
         # Computed on first use: most documents are loaded, validated clean and never asked for a position.
@@ -129,13 +138,14 @@ def loads(text: str, filename: str = "<string>") -> Document:
     try:
         data, root = parser.document()
     except _SyntaxError as e:
-        pos = _position(filename, text, e.offset, _line_starts(text))
+        pos = _position(filename, e.offset, _line_starts(text))
         raise ConfigError([ConfigIssue(pos, format_path(e.path), e.message)]) from None
     return Document(data, filename, text, root, parser.dups)
 
 
 def load(path: str | Path) -> Document:
     """Read and parse a UTF-8 Hjson file; positions name it as given."""
+    # read_text's universal newlines, as hjson.load(open(path)): a lone CR also starts a line for positions
     return loads(Path(path).read_text(encoding="utf-8"), str(path))
 
 
@@ -143,24 +153,26 @@ def _line_starts(text: str) -> list[int]:
     return [0, *(m.end() for m in re.finditer("\n", text))]
 
 
-def _position(filename: str, text: str, offset: int, line_starts: list[int]) -> Position:
+def _position(filename: str, offset: int, line_starts: list[int]) -> Position:
     line = bisect_right(line_starts, offset)
     return Position(filename, line, offset - line_starts[line - 1] + 1)
 
 
 class _SyntaxError(Exception):
-    """Internal: carries the offset, so that `loads` turns it into a positioned ConfigError."""
+    """Internal: carries the offset, so that `loads` turns it into a positioned ConfigError. `final` errors
+    are those where hjson-py crashes rather than trying the text as a bare value."""
 
-    def __init__(self, offset: int, message: str, path: KeyPath):
+    def __init__(self, offset: int, message: str, path: KeyPath, final: bool):
         super().__init__(message)
         self.offset = offset
         self.message = message
         self.path = path
+        self.final = final
 
 
 class _Parser:
-    """Recursive descent over one text. Each `_value`-like method takes the offset of the token's first
-    character and returns (data, children, offset just past the token)."""
+    """Recursive descent over one text. The methods that read a value take the offset of its first character
+    and return (data, children, offset just past it)."""
 
     def __init__(self, text: str):
         self.s = text
@@ -168,8 +180,8 @@ class _Parser:
         self.path: list[str | int] = []  # the key path being parsed, for error messages and duplicates
         self.dups: list[tuple[KeyPath, int, int]] = []
 
-    def fail(self, offset: int, message: str) -> NoReturn:
-        raise _SyntaxError(offset, message, tuple(self.path))
+    def fail(self, offset: int, message: str, final: bool = False) -> NoReturn:
+        raise _SyntaxError(offset, message, tuple(self.path), final)
 
     def describe(self, offset: int) -> str:
         return repr(self.s[offset]) if offset < self.n else "end of input"
@@ -179,11 +191,11 @@ class _Parser:
         col = offset - self.s.rfind("\n", 0, offset)
         return f"line {line}, col {col}"
 
-    def skip(self, i: int) -> int:
-        """Skip whitespace and comments from `i`."""
-        i = _SKIP.match(self.s, i).end()  # type: ignore[union-attr]  # the pattern also matches empty
+    def skip(self, i: int, gap: re.Pattern[str] = _SKIP) -> int:
+        """Skip whitespace and comments (and with `_SEPARATOR`, one comma) from `i`."""
+        i = gap.match(self.s, i).end()  # type: ignore[union-attr]  # the pattern also matches empty
         if self.s.startswith("/*", i):
-            self.fail(i, "unterminated /* comment")
+            self.fail(i, "unterminated /* comment", final=True)
         return i
 
     def document(self) -> tuple[Any, _Node]:
@@ -196,30 +208,38 @@ class _Parser:
             try:
                 data, kids, end = self.members(i, None)
             except _SyntaxError as error:
-                # hjson-py then tries the whole text as one bare value (`5`, `"text"`, `hello`); if that
-                # fails too, the object's error is the one that explains the file.
-                self.path.clear()
-                self.dups.clear()
-                try:
-                    data, kids, end = self.value(i)
-                    if self.skip(end) != self.n:
-                        raise error from None
-                except _SyntaxError:
-                    raise error from None
+                if error.final:
+                    raise
+                data, kids, end = self.bare_value(i, error)
         end = self.skip(end)
         if end != self.n:
             self.fail(end, f"unexpected {self.describe(end)} after the end of the document")
         return data, (i, i, kids)
+
+    def bare_value(self, i: int, error: _SyntaxError) -> tuple[Any, None, int]:
+        """A root that is not an object: hjson-py tries the whole text as one value (`5`, `"text"`, `hello`).
+        If that fails too, the object's `error` is the one that explains the file."""
+        self.path.clear()
+        self.dups.clear()
+        try:
+            data, _, end = self.value(i)
+            end = self.skip(end)
+        except _SyntaxError:
+            raise error from None
+        if end != self.n:
+            raise error
+        return data, None, end
 
     def value(self, i: int) -> tuple[Any, dict[str, _Node] | list[_Node] | None, int]:
         s = self.s
         c = s[i : i + 1]
         if c in ("", "}", "]", ",", ":"):
             self.fail(i, f"expected a value, found {self.describe(i)}")
-        if c == "{":
-            return self.members(self.skip(i + 1), i)
-        if c == "[":
-            return self.array(i)
+        if c == "{" or c == "[":
+            if len(self.path) >= _MAX_DEPTH:
+                # Rather than a RecursionError. Typically a quoteless value swallowed each `}`.
+                self.fail(i, f"nested more than {_MAX_DEPTH} levels deep (does a quoteless value hide a '}}'?)", True)
+            return self.members(self.skip(i + 1), i) if c == "{" else self.array(i)
         if c == "'" and s.startswith("'''", i):
             return self.multiline(i)
         if c == '"' or c == "'":
@@ -242,7 +262,7 @@ class _Parser:
                 return data, kids, i + 1
             key_at = i
             key, i = self.key(i)
-            value_at = i = self.skip(i)
+            value_at = i
             path.append(key)
             value, vkids, i = self.value(i)
             path.pop()
@@ -250,27 +270,26 @@ class _Parser:
                 self.dups.append(((*path, key), kids[key][0], key_at))
             data[key] = value
             kids[key] = (key_at, value_at, vkids)
-            i = self.skip(i)
-            if i < n and s[i] == ",":
-                i = self.skip(i + 1)
+            i = self.skip(i, _SEPARATOR)
 
     def key(self, i: int) -> tuple[str, int]:
-        """A member's key and the offset just past its colon."""
+        """A member's key and where its value starts."""
         s = self.s
-        c = s[i]
-        if c == '"' or c == "'":
+        if s[i] == '"' or s[i] == "'":
             key, end = self.string(i)
             end = self.skip(end)
             if not s.startswith(":", end):
                 self.fail(end, f"expected ':' after key {key!r}, found {self.describe(end)}")
-            return key, end + 1
-        m = _KEY.match(s, i)
-        if m is None:
+            return key, self.skip(end + 1)
+        if (m := _KEY.match(s, i)) is None:
             self.bad_key(i)
         key = m[1]
-        if m.end(1) != m.end() - 1:
+        if m[2]:
             key = key.rstrip()  # as hjson-py: this strips any Unicode space, which keys may otherwise hold
-        return key, m.end()
+        end = m.end()
+        if s.startswith("/*", end):
+            self.skip(end)  # reports the unterminated comment
+        return key, end
 
     def bad_key(self, i: int) -> NoReturn:
         """Explain why no `key:` starts at `i`."""
@@ -302,9 +321,7 @@ class _Parser:
             path.pop()
             data.append(value)
             kids.append((i, i, vkids))
-            i = self.skip(end)
-            if i < n and s[i] == ",":
-                i = self.skip(i + 1)
+            i = self.skip(end, _SEPARATOR)
 
     def string(self, quote: int) -> tuple[str, int]:
         """A single- or double-quoted string with JSON escapes; control characters must be escaped."""
@@ -353,12 +370,13 @@ class _Parser:
         i = quote + 3
         while i < self.n and s[i] in " \t\r":
             i += 1
+        at_end = i == self.n  # hjson-py crashes here rather than try a bare root value: so must we
         dedent_first = s.startswith("\n", i)  # text on the line of the opening ''' keeps its spacing
         if dedent_first:
             i += 1
         end = s.find("'''", i)
         if end < 0:
-            self.fail(quote, "unterminated ''' string")
+            self.fail(quote, "unterminated ''' string", final=at_end)
         lines = s[i:end].split("\n")
         for k in range(0 if dedent_first else 1, len(lines)):
             line = lines[k]
@@ -371,10 +389,11 @@ class _Parser:
         else a string running to the end of the line."""
         s = self.s
         eol = _LINE_REST.match(s, i).end()  # type: ignore[union-attr]  # the pattern also matches empty
+        if s[i] not in "-0123456789tfn":
+            return s[i:eol].strip(), None, eol  # cannot be a number or literal: skip the checks below
         stop_m = _VALUE_STOP.search(s, i, eol)
         stop = stop_m.start() if stop_m else eol
-        head = s[i:stop]
-        word = head.rstrip()
+        word = s[i:stop].rstrip()
         if word in _LITERALS:
             return _LITERALS[word], None, stop
         if (m := _NUMBER.fullmatch(s, i, stop)) is not None:
@@ -382,7 +401,9 @@ class _Parser:
             if not (frac or exp):
                 return int(whole), None, stop
             number = float(whole + (frac or "") + (exp or ""))
-            if math.isfinite(number) and number == int(number) and abs(number) < 1e10:
+            if not math.isfinite(number):
+                self.fail(i, "number out of range", final=True)
+            if number == int(number) and abs(number) < 1e10:
                 return int(number), None, stop  # hjson-py reads 1.0 and 1e3 as ints
             return number, None, stop
         return s[i:eol].strip(), None, eol
