@@ -1,0 +1,301 @@
+"""The OBD-II bridge: python-OBD on MQTT (PROTOCOL.md section 6, docs/OBD.md).
+
+The adapter is driven by one thread (`hub.obd.link.Link`); this job is the event-loop side: it
+publishes each answer as obd-socketio's JSON, keeps `obd/status` retained, answers the python-OBD
+API verbs under `obd/api/<verb>`, publishes trouble codes when they change, announces watched values
+to Home Assistant, and stops polling on key-off or a low battery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+from collections import deque
+from typing import Any, ClassVar
+
+import aiomqtt
+import obd
+
+from fleet.errors import ConfigIssue, did_you_mean
+from fleet.hjsonpos import Document
+from fleet.mqtt import response_info
+from hub.job import Action, Event, Hub, Job
+from hub.obd import encode, ha
+from hub.obd.link import Link
+from hub.obd.options import Options, check, watch_issue
+
+# Answers waiting for the publisher; beyond this many (the broker is stuck) new answers are dropped.
+BACKLOG = 10_000
+CALL_TIMEOUT = 10.0  # seconds an API call may wait for the adapter (a connect in progress included)
+VERBS = ("watch", "unwatch", "unwatch_all", "query", "supports", "supported_commands", "status")
+
+
+class ApiError(Exception):
+    """A request the bridge refuses; the message goes back in the error reply."""
+
+
+def _json(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+class ObdJob(Job):
+    NAME: ClassVar[str] = "obd"
+    EVENTS: ClassVar[dict[str, Event]] = {
+        "connected": Event("obd/status", "connected"),
+        "disconnected": Event("obd/status", "disconnected"),
+        "no_car": Event("obd/status", "no car"),
+        "sleeping": Event("obd/status", "sleeping"),
+        "low_battery": Event("obd/status", "low battery"),
+        "dtc": Event("obd/dtc"),
+    }
+    ACTIONS: ClassVar[dict[str, Action]] = {
+        "unwatch_all": Action("obd/api/unwatch_all", '{"id":"rule"}', reply="obd/reply"),
+        "read_dtc": Action("obd/api/query", '{"command":"GET_DTC","id":"rule"}', reply="obd/reply"),
+    }
+
+    def __init__(self, hub: Hub, config: dict[str, Any]) -> None:
+        super().__init__(hub, config)
+        self.options = Options.from_config(config)
+        self.link = Link(self.options.link, self._from_link)
+        for name, rate in self.options.watch.items():
+            cmd = encode.find_command(name)
+            if cmd is not None:  # check() refused the others
+                self.link.watch(cmd, rate)
+        self.status: str | None = None  # as last published
+        self.link_state = "disconnected"
+        self.pause_reason: str | None = None  # "sleeping" or "low battery" while polling is stopped
+        self.supported: set[str] = set()
+        self.dtc: list[Any] | None = None
+        self.announced: set[str] = set()
+        self.published = 0
+        self.dropped = 0
+        self._inbox: deque[tuple[str, Any]] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._arrived = asyncio.Event()
+        self._up = asyncio.Event()  # set while the car answers and polling runs
+
+    @classmethod
+    def check(cls, doc: Document, path: tuple[str | int, ...]) -> list[ConfigIssue]:
+        return check(doc, path)
+
+    def stats(self) -> dict[str, float]:
+        return {"published": self.published, "dropped": self.dropped, "connects": self.link.connects}
+
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self._set_status()
+        self.link.start()
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                # All five end with the job: the service cancels run(), which cancels the group.
+                tasks.create_task(self._forward(), name="obd-forward")
+                tasks.create_task(self._serve_api(), name="obd-api")
+                tasks.create_task(self._follow_ignition(), name="obd-ignition")
+                if self.options.dtc_interval > 0:
+                    tasks.create_task(self._every(self.options.dtc_interval, self._read_dtc), name="obd-dtc")
+                if self.options.low_voltage is not None:
+                    tasks.create_task(self._every(self.options.voltage_interval, self._read_voltage),
+                                      name="obd-voltage")
+        finally:
+            await asyncio.to_thread(self.link.close)
+
+    # --- from the link thread to the loop -------------------------------------------------------------
+
+    def _from_link(self, kind: str, data: Any) -> None:
+        """Called on the link thread: hand over to the loop, which must never wait for the adapter."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._arrive, kind, data)
+
+    def _arrive(self, kind: str, data: Any) -> None:
+        if kind == "value" and len(self._inbox) >= BACKLOG:
+            self.dropped += 1
+            return
+        self._inbox.append((kind, data))
+        self._arrived.set()
+
+    async def _forward(self) -> None:
+        while True:
+            await self._arrived.wait()
+            self._arrived.clear()
+            while self._inbox:
+                kind, data = self._inbox.popleft()
+                if kind == "value":
+                    await self._publish_value(data)
+                elif kind == "state":
+                    self.link_state = data
+                    await self._set_status()
+                elif kind == "supported":
+                    self.supported = data
+                    for name in set(self.link.watching()) - data:
+                        self.log.warning("%s is watched but this car does not support it", name)
+                elif kind == "failed":
+                    raise data
+
+    async def _publish_value(self, resp: obd.OBDResponse) -> None:
+        payload = encode.response(resp)
+        name = resp.command.name
+        await self.hub.publish(self.hub.topic("obd", name), _json(payload), qos=0)
+        self.published += 1
+        if self.options.discovery and name not in self.announced and isinstance(payload["value"], int | float) \
+                and payload["unit"] is not None:
+            self.announced.add(name)
+            await self.hub.announce("sensor", ha.object_id(resp.command),
+                                    ha.sensor(resp.command, self.hub.topic("obd", name), payload["unit"]))
+
+    # --- status and battery care ------------------------------------------------------------------------
+
+    async def _set_status(self) -> None:
+        status = self.pause_reason or self.link_state
+        if status == "connected":
+            self._up.set()
+        else:
+            self._up.clear()
+        if status != self.status:
+            self.status = status
+            self.log.info("status: %s", status)
+            await self.hub.publish(self.hub.topic("obd", "status"), status, qos=1, retain=True)
+
+    async def _pause(self, reason: str | None) -> None:
+        self.pause_reason = reason
+        self.link.pause(reason is not None)
+        await self._set_status()
+
+    async def _follow_ignition(self) -> None:
+        topic = self.hub.topic("ignition")
+        async with self.hub.subscribe(topic) as messages:
+            async for msg in messages:
+                state = bytes(msg.payload or b"").decode("utf-8", "replace").strip()
+                if state == "OFF":
+                    await self._pause("sleeping")
+                elif state == "ON":
+                    await self._pause(None)
+                else:
+                    self.log.warning("%s: expected ON or OFF, got %r: dropped", topic, state[:40])
+
+    async def _every(self, interval: float, read: Any) -> None:
+        """Run `read()` when the car first answers, then every `interval` s while it answers."""
+        while True:
+            await self._up.wait()
+            with contextlib.suppress(ConnectionError, TimeoutError):  # the link went down meanwhile
+                await read()
+            await asyncio.sleep(interval)
+
+    async def _call(self, fn: Any) -> Any:
+        return await asyncio.wait_for(asyncio.wrap_future(self.link.call(fn)), CALL_TIMEOUT)
+
+    async def _read_dtc(self) -> None:
+        resp = await self._call(lambda conn: conn.query(obd.commands.GET_DTC))
+        if resp.is_null():
+            return
+        codes = encode.plain(resp.value)
+        if codes != self.dtc:
+            self.dtc = codes
+            self.log.info("trouble codes: %s", ", ".join(c[0] for c in codes) or "none")
+            await self.hub.publish(self.hub.topic("obd", "dtc"), _json(codes), qos=1, retain=True)
+
+    async def _read_voltage(self) -> None:
+        resp = await self._call(lambda conn: conn.query(obd.commands.ELM_VOLTAGE))
+        threshold = self.options.low_voltage
+        if resp.is_null() or threshold is None or self.pause_reason:
+            return
+        volts = float(resp.value.magnitude)
+        if math.isfinite(volts) and volts < threshold:
+            self.log.warning("battery at %.1f V, below %.1f V: polling stops until the key is turned on",
+                             volts, threshold)
+            await self._pause("low battery")
+
+    # --- the python-OBD API over MQTT -------------------------------------------------------------------
+
+    async def _serve_api(self) -> None:
+        async with self.hub.subscribe(self.hub.topic("obd", "api", "+")) as messages:
+            async for msg in messages:
+                if msg.retain:
+                    continue  # a request is an event, not a state
+                await self._answer(msg)
+
+    async def _answer(self, msg: aiomqtt.Message) -> None:
+        topic = msg.topic.value
+        verb = topic.rsplit("/", 1)[-1]
+        request: Any = {}
+        try:
+            raw = bytes(msg.payload or b"")
+            if raw.strip():
+                try:
+                    request = json.loads(raw)
+                except ValueError as exc:
+                    raise ApiError(f"payload is not JSON: {exc}") from None
+            if not isinstance(request, dict):
+                raise ApiError("payload must be a JSON object")
+            if verb not in VERBS:
+                raise ApiError(f"unknown verb {verb}{did_you_mean(verb, VERBS)}")
+            result = await getattr(self, f"_api_{verb}")(request)
+            reply = {"id": request.get("id"), "verb": verb, "ok": True, "result": result}
+        except ApiError as exc:
+            self.log.warning("%s: %s", topic, exc)
+            reply = {"id": request.get("id") if isinstance(request, dict) else None, "verb": verb,
+                     "ok": False, "error": str(exc)}
+        response_topic, correlation = response_info(msg)
+        await self.hub.publish(response_topic or self.hub.topic("obd", "reply"), _json(reply), qos=1,
+                               **({"correlation": correlation} if correlation else {}))
+
+    @staticmethod
+    def _command(request: dict[str, Any]) -> Any:
+        name = request.get("command")
+        if not isinstance(name, str):
+            raise ApiError("`command` must name an OBD command, e.g. RPM")
+        cmd = encode.find_command(name)
+        if cmd is None:
+            raise ApiError(f"unknown command {name}{did_you_mean(name, encode.all_command_names())}")
+        return cmd
+
+    async def _api_watch(self, request: dict[str, Any]) -> dict[str, Any]:
+        cmd = self._command(request)
+        rate = request.get("rate", self.options.default_rate)
+        if not isinstance(rate, int | float) or isinstance(rate, bool) or not rate >= 0:
+            raise ApiError("`rate` must be answers per second, 0 or more (0: as fast as the adapter answers)")
+        if problem := watch_issue(cmd.name):
+            raise ApiError(problem)
+        if self.supported and cmd.name not in self.supported and not request.get("force"):
+            raise ApiError(f"{cmd.name} is not supported by this car (send force: true to watch it anyway)")
+        self.link.watch(cmd, float(rate))
+        return {"watching": self.link.watching()}
+
+    async def _api_unwatch(self, request: dict[str, Any]) -> dict[str, Any]:
+        self.link.unwatch(self._command(request).name)
+        return {"watching": self.link.watching()}
+
+    async def _api_unwatch_all(self, request: dict[str, Any]) -> dict[str, Any]:
+        self.link.unwatch_all()
+        return {"watching": {}}
+
+    async def _api_query(self, request: dict[str, Any]) -> dict[str, Any]:
+        cmd = self._command(request)
+        force = bool(request.get("force"))
+        if self.supported and cmd.name not in self.supported and not force:
+            raise ApiError(f"{cmd.name} is not supported by this car (send force: true to ask anyway)")
+        try:
+            resp = await self._call(lambda conn: conn.query(cmd, force=True))
+        except ConnectionError:
+            raise ApiError(f"no connection to the car (status: {self.status})") from None
+        except TimeoutError:
+            raise ApiError(f"the adapter did not answer within {CALL_TIMEOUT:.0f} s") from None
+        if resp.is_null():
+            raise ApiError(f"no answer to {cmd.name}")
+        return encode.response(resp)
+
+    async def _api_supports(self, request: dict[str, Any]) -> bool:
+        cmd = self._command(request)
+        if not self.supported:
+            raise ApiError("not known until the car has answered once")
+        return cmd.name in self.supported
+
+    async def _api_supported_commands(self, request: dict[str, Any]) -> list[dict[str, str]]:
+        if not self.supported:
+            raise ApiError("not known until the car has answered once")
+        return [encode.describe(obd.commands[name]) for name in sorted(self.supported)]
+
+    async def _api_status(self, request: dict[str, Any]) -> dict[str, Any]:
+        return {"status": self.status, "port": self.options.link.port, "watching": self.link.watching(),
+                "dtc": self.dtc}
