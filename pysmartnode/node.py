@@ -1,0 +1,287 @@
+# The node: one MQTT connection, the topic router, device commands, info, discovery and the error
+# boundaries that every component task runs in (docs/NODE.md).
+import asyncio
+import gc
+import json
+import time
+import pysmartnode
+from pysmartnode import log as _log
+from pysmartnode.mqtt import MQTTClient
+
+_node = None
+_l = _log.get("node")
+RESET = 3  # exit status of the unix port for "reset the board" (`fleet node run` restarts it)
+
+
+def get():
+    """The running node (components reach MQTT, settings and the router through it)."""
+    return _node
+
+
+class Node:
+    def __init__(self, settings):
+        global _node
+        _node = self
+        s = self.settings = settings
+        self.id = s.device_id
+        self.home = s.mqtt_home
+        self.prefix = self.home + "/" + self.id
+        self.components = {}  # name -> Component (routes /set, discovery)
+        self.objects = {}  # name -> whatever the loader built (for `i2c: i2c` references)
+        self.versions = {}  # name -> __version__, for info
+        self.failed = {}  # name -> error of each component that did not load
+        self.config_version = None  # version of the server config in force, else None
+        self.source = None  # where the config in force came from
+        self._subs = {}  # exact topic -> [handler(topic, msg, retained)]
+        self._link = asyncio.Event()  # set by every (re)connect
+        self._stop = asyncio.Event()
+        self.reset_requested = False
+        self.heap_min = gc.mem_free()
+        self._t0 = time.ticks_ms()
+        self.discovered = False
+        self.client = MQTTClient(
+            self.id, s.mqtt_host, s.mqtt_port, s.mqtt_user, s.mqtt_password, s.mqtt_keepalive,
+            False, s.mqtt_tls, (self.prefix + "/status", b"offline", True, 1), s.mqtt_queue,
+            max(4096, s.config_max + 256), self._on_connect, self._mqtt_log)
+        from pysmartnode.confx import Exchange
+        self.config = Exchange(self)
+
+    # --- MQTT helpers for components -----------------------------------------------------------------
+    async def publish(self, topic, msg, retain=False, qos=0):
+        await self.client.publish(topic, msg, retain, qos)
+
+    async def subscribe(self, topic, handler, qos=1):
+        """Route messages on the exact `topic` to `await handler(topic, msg, retained)`."""
+        hs = self._subs.get(topic)
+        if hs is None:
+            self._subs[topic] = [handler]
+            await self.client.subscribe(topic, qos)
+        else:
+            hs.append(handler)
+
+    async def unsubscribe(self, topic, handler):
+        hs = self._subs.get(topic)
+        if hs and handler in hs:
+            hs.remove(handler)
+            if not hs:
+                del self._subs[topic]
+                await self.client.unsubscribe(topic)
+
+    async def wait_connected(self):
+        while not await self.client.wait_connected(None):
+            pass
+
+    def _mqtt_log(self, level, msg):
+        _log.write(level if isinstance(level, int) else _log.LEVELS.index(level), "mqtt", msg)
+
+    async def _on_connect(self):
+        self._link.set()  # the work happens in _link_task, so the client's keeper is never held up
+
+    # --- error boundaries ----------------------------------------------------------------------------
+    def spawn(self, name, first=None, fn=None, every=None, args=()):
+        """A task in `name`'s error boundary: runs coroutine `first`, or `fn(*args)`, once or `every` s."""
+        return asyncio.create_task(self.guard(name, fn, args, every, first))
+
+    async def guard(self, name, fn, args=(), every=None, first=None):
+        lg = _log.get(name)
+        backoff = 2
+        while True:
+            try:
+                if first is not None:
+                    c, first = first, None
+                    await c
+                else:
+                    r = fn(*args)
+                    if type(r).__name__ in ("generator", "coroutine"):
+                        await r
+                if every is None:
+                    return
+                backoff = 2
+                await asyncio.sleep(every)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                lg.exception(e, "crashed, again in %d s" % backoff)
+                if fn is None:
+                    return  # a started coroutine cannot be run again
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 300)
+
+    # --- router --------------------------------------------------------------------------------------
+    async def _dispatch(self):
+        pre = self.prefix + "/"
+        sim = self.home + "/_sim/" + self.id + "/"
+        async for topic, msg, retained in self.client:
+            try:
+                hs = self._subs.get(topic)
+                if hs:
+                    for h in list(hs):
+                        await h(topic, msg, retained)
+                elif topic.startswith(pre) and topic.endswith("/set"):
+                    if retained:
+                        _l.warning("ignored retained command on %s" % topic)
+                        continue
+                    name = topic[len(pre):-4]
+                    if name == "cmd":
+                        await self.command(msg)
+                        continue
+                    c = self.components.get(name)
+                    if c is None or c.on_set is None:
+                        _l.warning("no component takes commands on %s" % topic)
+                    else:
+                        await c.on_set(msg)
+                elif topic == pre + "config":
+                    await self.config.piece(msg)
+                elif topic == "homeassistant/status":
+                    if msg == b"online":
+                        await self.discover()
+                elif pysmartnode.VIRTUAL and topic.startswith(sim) and topic.endswith("/set"):
+                    if not retained:
+                        from pysmartnode import virtual
+                        virtual.sim_input(topic[len(sim):-4], msg)
+                else:
+                    _l.debug("dropped %s: no route" % topic)
+            except Exception as e:  # a bad payload or a failing handler: logged with its topic, dropped
+                _l.error("%s %r: %s" % (topic, bytes(msg[:64]), _log.describe(e)))
+
+    async def command(self, msg):
+        cmd = msg.strip().decode()
+        if cmd == "restart":
+            _l.info("restart on command")
+            await self.restart()
+        elif cmd == "reconfig":
+            self.config.want()
+        elif cmd == "info":
+            await self.publish_info()
+        else:
+            _l.error("unknown command %r (restart, reconfig, info)" % cmd)
+
+    async def restart(self, delay=0.3):
+        """A clean restart: `offline` on the status topic, the link closed, the board reset."""
+        await asyncio.sleep(delay)  # lets queued logs and acks leave
+        try:
+            await self.client.publish(self.prefix + "/status", b"offline", True, 1)
+            await self.client.close()
+        except Exception as e:
+            _l.error("close: %s" % _log.describe(e))
+        self.reset_requested = True
+        self._stop.set()
+
+    # --- info and discovery --------------------------------------------------------------------------
+    def info(self):
+        d = {"fw": pysmartnode.__version__, "platform": pysmartnode.platform, "config": self.config_version,
+             "components": self.versions, "failed": self.failed, "heap_free": gc.mem_free(),
+             "heap_min": self.heap_min, "uptime": time.ticks_diff(time.ticks_ms(), self._t0) // 1000}
+        st = self.client.stats()
+        d["reconnects"] = st.get("reconnects", 0)
+        d["dropped"] = st.get("dropped", 0)
+        from pysmartnode import net
+        net.add_info(d)
+        if _log.synced:
+            d["time"] = int(_log.unix_time())
+        return d
+
+    async def publish_info(self):
+        await self.publish(self.prefix + "/info", json.dumps(self.info()), True, 0)
+
+    def device_block(self):
+        s = self.settings
+        return {"identifiers": ["smartfleet_" + self.id], "name": s.device_name or self.id,
+                "model": s.device_model or pysmartnode.platform, "manufacturer": "SmartFleet",
+                "sw_version": pysmartnode.__version__}
+
+    def discovery_payload(self, comp, obj, extra):
+        d = {"name": comp.friendly_name if obj == comp.name else
+             comp.friendly_name + " " + obj[len(comp.name) + 1:].replace("_", " "),
+             "unique_id": self.id + "_" + obj, "state_topic": comp.topic,
+             "availability_topic": self.prefix + "/status", "payload_available": "online",
+             "payload_not_available": "offline", "device": self.device_block()}
+        d.update(extra)
+        return json.dumps(d)
+
+    async def discover(self):
+        """Publish every component's discovery (retained) and remove what the last config announced and
+        this one does not (an empty retained payload). The topics sent are kept in `discovery.txt`."""
+        sent = []
+        for comp in list(self.components.values()):
+            if not comp.discover:
+                continue
+            try:
+                for platform, obj, extra in comp.discovery():
+                    t = "homeassistant/%s/%s/%s/config" % (platform, self.id, obj)
+                    await self.publish(t, self.discovery_payload(comp, obj, extra), True, 1)
+                    sent.append(t)
+            except Exception as e:
+                _l.error("discovery of %s: %s" % (comp.name, _log.describe(e)))
+            gc.collect()
+        try:
+            with open("discovery.txt") as f:
+                old = [t.strip() for t in f]
+        except OSError:
+            old = []
+        for t in old:
+            if t and t not in sent:
+                await self.publish(t, b"", True, 1)
+                _l.info("removed discovery %s" % t)
+        if old != sent:
+            with open("discovery.txt", "w") as f:
+                for t in sent:
+                    f.write(t + "\n")
+        self.discovered = True
+
+    # --- lifetime ------------------------------------------------------------------------------------
+    async def _link_task(self):
+        first = True
+        while True:
+            await self._link.wait()
+            self._link.clear()
+            try:
+                if first:
+                    await self.client.subscribe(self.prefix + "/+/set", 1)
+                    await self.client.subscribe(self.prefix + "/config", 1)
+                    await self.client.subscribe("homeassistant/status", 1)
+                    if pysmartnode.VIRTUAL:
+                        await self.client.subscribe(self.home + "/_sim/" + self.id + "/+/set", 1)
+                await self.publish_info()
+                if self.settings.receive_config:
+                    self.config.want()
+                if first:
+                    await self.discover()
+                    await self.config.after_boot()
+                    first = False
+            except Exception as e:
+                _l.exception(e, "after connect")
+
+    async def _housekeeping(self):
+        from pysmartnode import watchdog
+        last_info = time.ticks_ms()
+        while True:
+            watchdog.feed()
+            free = gc.mem_free()
+            if free < self.heap_min:
+                self.heap_min = free
+            if time.ticks_diff(time.ticks_ms(), last_info) >= self.settings.info_interval * 1000:
+                last_info = time.ticks_ms()
+                if self.client.isconnected():
+                    await self.publish_info()
+            await asyncio.sleep(1)
+
+    def start(self):
+        """Start the link and the node's own tasks; they live as long as the node."""
+        self.client.start()
+        asyncio.create_task(self._dispatch())
+        asyncio.create_task(self._link_task())
+        asyncio.create_task(self._housekeeping())
+        asyncio.create_task(_log.pump(self.client, self.home, self.id))
+        asyncio.create_task(self.config.run())
+        if pysmartnode.VIRTUAL:
+            from pysmartnode import virtual
+            sim = self.home + "/_sim/" + self.id + "/"
+
+            async def out(sub, payload):
+                await self.client.publish(sim + sub, payload, True, 0)
+
+            asyncio.create_task(virtual.pump(out))
+
+    async def wait_stopped(self):
+        await self._stop.wait()

@@ -1,0 +1,80 @@
+# Device settings: defaults, then the device's own `config.py` (firmware/device/config_example.py documents
+# each), then on the unix port FLEET_BROKER / FLEET_HOME / FLEET_NODE_ID from the environment (set by
+# `fleet node run`), then the `_settings` piece of the config received from the server (config/_settings.json).
+import json
+from pysmartnode import platform, VIRTUAL
+
+DEFAULTS = {
+    "WIFI_SSID": None, "WIFI_PASSWORD": None,
+    "MQTT_HOST": "127.0.0.1", "MQTT_PORT": 1883, "MQTT_USER": None, "MQTT_PASSWORD": None,
+    "MQTT_TLS": None, "MQTT_KEEPALIVE": 60, "MQTT_QUEUE": 32, "MQTT_HOME": "home",
+    "DEVICE_ID": None, "DEVICE_NAME": None, "DEVICE_MODEL": None,
+    "RECEIVE_CONFIG": True, "CONFIG_MAX": 1024, "CONFIG_KEY": None,
+    "INTERVAL": 10, "INFO_INTERVAL": 600, "LOG_BUFFER": 20, "WATCHDOG": 120,
+    "NTP_HOST": "pool.ntp.org", "DEBUG": False, "DEBUG_STOP_AFTER_EXECUTION": False,
+}
+# What the server may change in `_settings`: never the network settings that let it reach the device.
+SERVER_KEYS = ("INTERVAL", "INFO_INTERVAL", "LOG_BUFFER", "DEBUG", "WATCHDOG", "DEVICE_NAME", "DEVICE_MODEL")
+
+
+class Settings:
+    def __init__(self, values):
+        for k, v in values.items():
+            setattr(self, k.lower(), v)
+        self.ignored = []  # server setting keys that were refused
+
+    def apply_server(self, d):
+        for k, v in d.items():
+            if k.upper() in SERVER_KEYS:
+                setattr(self, k.lower(), v)
+            else:
+                self.ignored.append(k)
+
+
+def _default_id():
+    if VIRTUAL:
+        return "unix"
+    import machine
+    import binascii
+    return binascii.hexlify(machine.unique_id()).decode()
+
+
+def _broker_url(vals, url):
+    # mqtt://user:pass@host:port
+    rest = url.split("://", 1)[-1].split("/", 1)[0]
+    if "@" in rest:
+        cred, rest = rest.rsplit("@", 1)
+        user, _, pw = cred.partition(":")
+        vals["MQTT_USER"], vals["MQTT_PASSWORD"] = user, pw or None
+    host, _, port = rest.partition(":")
+    vals["MQTT_HOST"] = host
+    vals["MQTT_PORT"] = int(port) if port else (8883 if url.startswith("mqtts") else 1883)
+    if url.startswith("mqtts") and not vals["MQTT_TLS"]:
+        vals["MQTT_TLS"] = {}
+
+
+def load(server_file="config/_settings.json"):
+    vals = dict(DEFAULTS)
+    try:
+        import config  # the device's config.py
+        for k in DEFAULTS:
+            if hasattr(config, k):
+                vals[k] = getattr(config, k)
+    except ImportError:
+        pass
+    if VIRTUAL:
+        import os
+        url = os.getenv("FLEET_BROKER")
+        if url:
+            _broker_url(vals, url)
+        vals["MQTT_HOME"] = os.getenv("FLEET_HOME") or vals["MQTT_HOME"]
+        vals["DEVICE_ID"] = os.getenv("FLEET_NODE_ID") or vals["DEVICE_ID"]
+    vals["DEVICE_ID"] = vals["DEVICE_ID"] or _default_id()
+    s = Settings(vals)
+    s.platform = platform
+    try:
+        with open(server_file) as f:
+            s.apply_server(json.load(f))
+    except (OSError, ValueError):
+        pass  # no server settings (or a damaged file: the defaults hold)
+    return s
