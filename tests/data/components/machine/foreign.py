@@ -1,0 +1,5 @@
+from somewhere_else import Thing
+
+
+class Foreign(Thing):
+    pass

@@ -1,0 +1,2 @@
+class Broken:
+    def __init__(self, x=1
