@@ -35,7 +35,7 @@ def load(name: str) -> type[Job]:
         cls = getattr(module, class_name)
     else:
         found = [c for c in vars(module).values()
-                 if isinstance(c, type) and issubclass(c, Job) and c.NAME == name]
+                 if isinstance(c, type) and issubclass(c, Job) and name == c.NAME]
         if not found:
             raise ImportError(f"{module_name} has no Job subclass with NAME = {name!r}")
         cls = found[0]
