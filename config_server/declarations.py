@@ -9,8 +9,8 @@ The convention (docs/CONFIG_SERVER.md, "Component declarations"):
   its own.
 - An argument's type comes from an annotation (`x: int = 3`), else a `# type: X` comment at the end of
   the line where the argument starts (it belongs to the last argument starting on that line), else its
-  default (`3` is int, `2.5` float, `True` bool, `"a"` str, `[]` list, `{}` dict; `None` says nothing).
-  Types: int, float, bool, str, list, dict, pin, component, any,
+  default (`3` and `2.5` are a number, `True` bool, `"a"` str, `[]` list, `{}` dict; `None` says nothing).
+  Types: int, float (or number: either), bool, str, list, dict, pin, component, any,
   a capitalised class name (a reference to another component, e.g. `I2C`), and `X|None`.
 - Arguments named `pin`, `pin_<x>` or `pin<N>` are pins (an int GPIO number or a board pin name).
 - `**kwargs` in a class means "and the arguments the base class declares" (the base's `__init__`,
@@ -38,7 +38,7 @@ class _Missing:
 MISSING: Any = _Missing()
 """The default of a required argument."""
 
-TYPES = frozenset({"int", "float", "bool", "str", "list", "dict", "pin", "component", "any"})
+TYPES = frozenset({"int", "float", "number", "bool", "str", "list", "dict", "pin", "component", "any"})
 _TYPE_COMMENT = re.compile(r"#\s*type:\s*([^#]+)")
 _PIN_NAME = re.compile(r"pin(_\w+|\d+)?")
 
@@ -86,6 +86,7 @@ class Declaration:
     open: bool = False  # accepts keyword arguments it does not list (unresolved **kwargs)
     varargs: bool = False  # accepts extra positional arguments (*args)
     methods: frozenset[str] | None = frozenset()  # None when some base class could not be read
+    named: bool = False  # a subclass of the node's Component: the loader passes the name first
     version: str | None = None
 
     def arg(self, name: str) -> Arg | None:
@@ -109,12 +110,16 @@ class _Module:
 class Library:
     """The component library under `root` (which holds `components/` and the `pysmartnode/` base classes).
 
-    Modules are parsed once and re-parsed when their file changes (`refresh`).
+    Modules are parsed once and re-parsed when their file changes (`refresh`). A subclass of `base` (the
+    node's `Component`) is constructed as `cls(name, **constructor_args)`: its first argument is not the
+    config's to give.
     """
 
-    def __init__(self, root: Path = REPO, package: str = "components") -> None:
+    def __init__(self, root: Path = REPO, package: str = "components",
+                 base: tuple[str, str] = ("pysmartnode.component", "Component")) -> None:
         self.root = Path(root)
         self.package = package
+        self.base = base
         self._modules: dict[Path, tuple[int, _Module]] = {}
         self._decls: dict[tuple[str, str], Declaration | DeclarationError] = {}
 
@@ -182,6 +187,8 @@ class Library:
             raise DeclarationError(f"{module.file.name} defines no class or function {name!r}")
         if isinstance(node, ast.ClassDef):
             decl = self._class(module, node, set())
+            if decl.named and decl.args:
+                decl.args = decl.args[1:]  # the loader passes the component's name
         else:
             decl = Declaration(package, name, module.file, node.lineno, "function")
             _read_signature(module, node, decl, skip_self=False)
@@ -195,6 +202,7 @@ class Library:
             raise DeclarationError(f"{module.file}:{node.lineno}: class {node.name} inherits from itself")
         seen = seen | {(module.file, node.name)}
         decl = Declaration("", node.name, module.file, node.lineno, "class")
+        decl.named = (module.name, node.name) == self.base
         methods = {n.name for n in node.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
         init = next((n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None)
         base = self._base(module, node, seen)
@@ -212,6 +220,7 @@ class Library:
             decl.args, decl.open, decl.varargs = list(base.args), base.open, base.varargs
         elif unreadable_base:
             decl.open = decl.varargs = True  # an unreadable base's __init__: anything may be right
+        decl.named = decl.named or (base is not None and base.named)
         if unreadable_base or (base is not None and base.methods is None):
             decl.methods = None
         else:
@@ -369,7 +378,8 @@ def _literal(node: ast.expr) -> tuple[Any, str | None]:
         value = ast.literal_eval(node)
     except ValueError:
         return _Unknown(ast.unparse(node)), None
-    for py, name in ((bool, "bool"), (int, "int"), (float, "float"), (str, "str"), (list, "list"),
+    # A number default says "a number": `offset=0` takes -0.5 too. `# type: int` is stricter.
+    for py, name in ((bool, "bool"), (int, "number"), (float, "number"), (str, "str"), (list, "list"),
                      (tuple, "list"), (dict, "dict")):
         if isinstance(value, py):
             return value, name

@@ -8,6 +8,7 @@ offending key: `devices/kitchen.hjson:12:5: components.htu.constructor_args.prec
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,12 @@ DEVICE_KEYS = ("name", "platform", "include", "settings", "components", "wifi", 
 COMPONENT_KEYS = ("package", "component", "constructor_args", "init_function", "init_args",
                   "call_function_regularly", "call_interval")
 PLATFORMS = ("esp32", "esp8266", "unix")
+# What a node takes from the `_settings` piece (docs/NODE.md, "Settings"), in lower or upper case.
+SETTINGS = {"interval": "number", "info_interval": "number", "log_buffer": "int", "debug": "bool",
+            "watchdog": "number", "device_name": "str", "device_model": "str"}
 # Used by `fleet firmware bundle` to write the node's config.py; never sent over MQTT.
 SECTION_KEYS = {"wifi": ("ssid", "password"), "mqtt": ("broker", "user", "password", "home")}
+_COMMENTED = re.compile(r"\s(#|//)")
 _TYPE_NAMES = {bool: "bool", int: "int", float: "float", str: "str", list: "list", dict: "dict", type(None): "null"}
 
 
@@ -239,9 +244,12 @@ class _Checker:
             m.issue(("platform",), f"expected one of {', '.join(PLATFORMS)}, got {_describe(platform)}"
                                    f"{did_you_mean(str(platform), PLATFORMS)}")
         settings = self.section("settings")
-        for key, kind in (("interval", "number"), ("debug", "bool")):
-            if key in settings and not _is(settings[key], kind):
-                m.issue(("settings", key), f"expected {kind}, got {_describe(settings[key])}")
+        for key, value in settings.items():
+            kind = SETTINGS.get(key.lower())
+            if kind is None:
+                m.issue(("settings", key), f"unknown setting, the node would ignore it{did_you_mean(key, SETTINGS)}")
+            elif not _is(value, kind):
+                m.issue(("settings", key), f"expected {kind}, got {_describe(value)}")
         wifi, mqtt = self.section("wifi"), self.section("mqtt")
         for section, values in (("wifi", wifi), ("mqtt", mqtt)):
             for key, value in values.items():
@@ -320,8 +328,8 @@ class _Checker:
         for key in ("init_function", "call_function_regularly"):
             if key in body:
                 self.check_method((*base, key), body[key], decl)
-        if "init_args" in body and not isinstance(body["init_args"], list | dict):
-            m.issue((*base, "init_args"), f"expected a list or an object, got {_describe(body['init_args'])}")
+        if not isinstance(body.get("init_args", []), list):
+            m.issue((*base, "init_args"), f"expected a list, got {_describe(body['init_args'])}")
         interval = body.get("call_interval", 1)
         if not (_is(interval, "number") and interval > 0):
             m.issue((*base, "call_interval"), f"expected a number of seconds > 0, got {_describe(interval)}")
@@ -357,6 +365,15 @@ class _Checker:
 
     def check_value(self, path: KeyPath, key: str, arg: Arg | None, value: Any, components: dict[str, Any],
                     loaded: list[str]) -> None:
+        issues = len(self.m.issues)
+        self._check_value(path, key, arg, value, components, loaded)
+        if len(self.m.issues) > issues and isinstance(value, str) and _COMMENTED.search(value):
+            last = self.m.issues[-1]
+            self.m.issues[-1] = ConfigIssue(last.pos, last.path, last.message + " (a value without quotes runs "
+                                            "to the end of the line, comment included: quote it)")
+
+    def _check_value(self, path: KeyPath, key: str, arg: Arg | None, value: Any, components: dict[str, Any],
+                     loaded: list[str]) -> None:
         m = self.m
         kind = arg.type if arg else "any"
         if isinstance(value, str) and value in components:

@@ -1,12 +1,12 @@
 """A relay on one GPIO."""
-from pysmartnode.component import ComponentBase
+from pysmartnode.component import Component
 
 __version__ = "1.0.0"
 
 
-class Relay(ComponentBase):
-    def __init__(self, pin, active_low=False, restore=True, **kwargs):
-        super().__init__(**kwargs)
+class Relay(Component):
+    def __init__(self, name, pin, active_low=False, restore=True, **kwargs):
+        Component.__init__(self, name, **kwargs)
 
     def toggle(self):
         pass
