@@ -78,7 +78,8 @@ def model(kind, key):
     return _models.get((kind, _key(kind, key)))
 
 
-def models(kind):
+def on_bus(kind):
+    """(key, model) of every model on bus `kind` (not `models`: that name is the models package)."""
     return [(k[1], m) for k, m in _models.items() if k[0] == kind]
 
 

@@ -108,7 +108,7 @@ class I2C:
         self.freq = freq
 
     def scan(self):
-        return sorted(k for k, m in _v.models("i2c") if m.inputs.get("fail") != "nack")
+        return sorted(k for k, m in _v.on_bus("i2c") if m.inputs.get("fail") != "nack")
 
     def writeto(self, addr, buf, stop=True):
         _dev(addr).write(bytes(buf))
@@ -163,7 +163,7 @@ class OneWire:
         self._rom = None  # bytearray while a MATCH_ROM collects its 8 bytes
 
     def _devs(self):
-        return [(k, m) for k, m in _v.models("onewire")
+        return [(k, m) for k, m in _v.on_bus("onewire")
                 if getattr(m, "pin", None) in (None, self.pin) and m.inputs.get("fail") != "nack"]
 
     def reset(self, required=False):
