@@ -1,0 +1,173 @@
+"""SFTP target over asyncssh: key auth, the server's host key checked against a known_hosts file.
+
+A file goes to `<remote>.part` and is renamed to `<remote>` only after it is verified, so a reader
+never sees half a file and a name never holds two versions. After a crash the part file is cut back to
+the last offset the queue recorded (everything before it was acknowledged) and continued from there;
+when the server runs `sha256sum` over an exec channel, the part's hash is checked against the same
+prefix of the local file first, and a mismatch replaces it. Verification: size always, plus the
+server's `sha256sum` of the whole file where exec is allowed (`verify: auto`); the result says which.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import posixpath
+import shlex
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+
+from hub.upload import UploadError
+from hub.upload.transfer import Transfer
+
+VERIFY = ("auto", "sha256", "size")
+
+
+class SftpTarget:
+    """`SftpTarget(name, host=…, user=…, key=…, known_hosts=…, [port, path, verify, timeout])`."""
+
+    kind = "sftp"
+
+    def __init__(self, name: str, *, host: str, user: str, key: str, known_hosts: str, port: int = 22,
+                 path: str = "{hub}/{name}", verify: str = "auto", timeout: float = 10.0,
+                 **_: Any) -> None:
+        self.name = name
+        self.host, self.port, self.user = host, int(port), user
+        self.key, self.known_hosts = str(Path(key).expanduser()), str(Path(known_hosts).expanduser())
+        self.template = path
+        self.verify = verify
+        self.timeout = float(timeout)
+        self._conn: asyncssh.SSHClientConnection | None = None
+        self._sftp: asyncssh.SFTPClient | None = None
+        self._exec: bool | None = None  # does the server run sha256sum? None until tried
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.host, self.port
+
+    async def open(self) -> None:
+        """Connect (if not connected). UploadError(reachable=False) when the server cannot be reached;
+        a host key that does not match known_hosts, or a refused key, is reachable=True (retrying will
+        not help until someone fixes it, but the target is there)."""
+        if self._sftp is not None:
+            return
+        try:
+            self._conn = await asyncssh.connect(
+                self.host, self.port, username=self.user, client_keys=[self.key], known_hosts=self.known_hosts,
+                connect_timeout=self.timeout, keepalive_interval=15, agent_path=None, config=None)
+            self._sftp = await self._conn.start_sftp_client()
+        except (OSError, TimeoutError, asyncssh.ConnectionLost) as exc:
+            await self.close()
+            raise UploadError(self.name, f"cannot reach {self.host}:{self.port}: {exc}", reachable=False) from exc
+        except asyncssh.Error as exc:
+            await self.close()
+            raise UploadError(self.name, f"{self.host}:{self.port} refused us: {exc.reason}") from exc
+
+    async def close(self) -> None:
+        conn, self._conn, self._sftp = self._conn, None, None
+        if conn is not None:
+            conn.close()
+            await conn.wait_closed()
+
+    async def upload(self, t: Transfer) -> str:
+        """Put the file, verify it, rename it into place; the verification done (`sha256` or `size`)."""
+        await self.open()
+        assert self._sftp is not None  # set by open()
+        try:
+            return await self._upload(self._sftp, t)
+        except (OSError, asyncssh.ConnectionLost, asyncssh.DisconnectError) as exc:
+            await self.close()
+            raise UploadError(self.name, f"connection lost during {t.remote}: {exc}", reachable=False) from exc
+        except asyncssh.SFTPError as exc:
+            raise UploadError(self.name, f"{t.remote}: {exc.reason}") from exc
+
+    async def _upload(self, sftp: asyncssh.SFTPClient, t: Transfer) -> str:
+        final, part = t.remote, t.remote + ".part"
+        # renamed already (a crash after the rename, before the queue heard of it)? then verify only
+        if await _size(sftp, final) == t.size:
+            verified = await self._verified(final, t)
+            if verified:
+                return verified
+        offset = await self._resume_offset(sftp, part, t)
+        folder = posixpath.dirname(final)
+        if folder:
+            await sftp.makedirs(folder, exist_ok=True)
+        async with sftp.open(part, "r+b" if offset else "wb") as f:
+            if offset:
+                await f.truncate(offset)
+            t.checkpoint(offset)
+            async for pos, data in t.chunks(offset):
+                await f.write(data, pos)
+                t.progress(pos + len(data))
+                t.checkpoint(pos + len(data))
+            with contextlib.suppress(asyncssh.SFTPOpUnsupported):  # fsync@openssh.com is an extension
+                await f.fsync()
+        verified = await self._verified(part, t)
+        if not verified:
+            t.checkpoint(0)  # the part is wrong: the next attempt replaces it
+            raise UploadError(self.name, f"{part}: verification failed after upload")
+        await _rename_over(sftp, part, final)
+        return verified
+
+    async def _resume_offset(self, sftp: asyncssh.SFTPClient, part: str, t: Transfer) -> int:
+        """Where to continue `part`: the queue's checkpoint, if the remote holds that much and (where the
+        server can hash) those bytes match the local file; else 0 (replace)."""
+        have = await _size(sftp, part)
+        offset = min(have or 0, t.item.offset, t.size)
+        if offset and self.verify != "size" and self._exec is not False:
+            # the remote part may run past the checkpoint: hash exactly the checkpointed prefix
+            async with sftp.open(part, "r+b") as f:
+                await f.truncate(offset)
+            remote = await self._hash(part)
+            if remote is not None and remote != await t.prefix_sha256(offset):
+                return 0
+        return offset
+
+    async def _verified(self, path: str, t: Transfer) -> str | None:
+        assert self._sftp is not None
+        if await _size(self._sftp, path) != t.size:
+            return None
+        remote = await self._hash(path) if self.verify != "size" else None
+        if remote is not None:
+            return "sha256" if remote == t.item.sha256 else None
+        if self.verify == "sha256":
+            raise UploadError(self.name, f"{self.host} does not run sha256sum and verify is 'sha256'")
+        return "size"
+
+    async def _hash(self, path: str) -> str | None:
+        """The server's `sha256sum` of `path` (an existing file), or None when it does not run it
+        (remembered for this connection's server)."""
+        if self._exec is False:
+            return None
+        digest = await self._remote_sha256(path)
+        self._exec = digest is not None
+        return digest
+
+    async def _remote_sha256(self, path: str) -> str | None:
+        assert self._conn is not None
+        try:
+            result = await self._conn.run("sha256sum " + shlex.quote(path), check=False, timeout=600)
+        except (asyncssh.ChannelOpenError, asyncssh.ProcessError):
+            return None
+        out = result.stdout if isinstance(result.stdout, str) else ""
+        if result.exit_status != 0 or not out:
+            return None
+        return out.split()[0].lower()
+
+
+async def _size(sftp: asyncssh.SFTPClient, path: str) -> int | None:
+    try:
+        return (await sftp.stat(path)).size
+    except asyncssh.SFTPNoSuchFile:
+        return None
+
+
+async def _rename_over(sftp: asyncssh.SFTPClient, src: str, dst: str) -> None:
+    """Rename replacing `dst`: atomically where the server has posix-rename, else remove then rename."""
+    try:
+        await sftp.posix_rename(src, dst)
+    except asyncssh.SFTPOpUnsupported:
+        if await _size(sftp, dst) is not None:
+            await sftp.remove(dst)
+        await sftp.rename(src, dst)
