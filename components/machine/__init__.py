@@ -1,0 +1,1 @@
+# Components of the board itself: memory and link statistics, GPIO outputs and inputs, PWM, ADC, buses.
