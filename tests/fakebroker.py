@@ -62,6 +62,7 @@ class FakeBroker:
     _thread: threading.Thread | None = field(default=None, init=False)
     _stop: asyncio.Event | None = field(default=None, init=False)
     _changed: threading.Condition = field(default_factory=threading.Condition, init=False)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set, init=False)
 
     def start(self) -> FakeBroker:
         self.port = self.port or free_port(self.host)
@@ -120,11 +121,16 @@ class FakeBroker:
         ready.set()
         async with server:
             await self._stop.wait()
-            for c in self.connections:
-                c.writer.close()
+            for t in self._tasks:
+                t.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+        # One task per connection, started by asyncio's server; ends when the client goes or stop() cancels it.
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             while True:
                 first = (await reader.readexactly(1))[0]
                 n, shift = 0, 0
@@ -138,6 +144,8 @@ class FakeBroker:
                 self._handle(first, body, writer)
                 await writer.drain()
         writer.close()
+        self._tasks.discard(task)
+        self._note()
 
     def _handle(self, first: int, body: bytes, writer: asyncio.StreamWriter) -> None:
         kind = first & 0xF0
