@@ -61,8 +61,8 @@ class _Meter:
 _meter: contextvars.ContextVar[_Meter | None] = contextvars.ContextVar("hub_meter", default=None)
 
 
-class _Timed:
-    """Awaits a coroutine step by step, adding the time of each step to a meter."""
+class _Timed(Coroutine[Any, Any, Any]):
+    """A task's coroutine, run step by step with the time of each step added to a meter."""
 
     __slots__ = ("coro", "meter")
 
@@ -70,33 +70,25 @@ class _Timed:
         self.coro = coro
         self.meter = meter
 
+    def send(self, value: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return self.coro.send(value)
+        finally:
+            self.meter.busy += time.perf_counter() - t0
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return self.coro.throw(typ) if val is None and tb is None else self.coro.throw(typ, val, tb)
+        finally:
+            self.meter.busy += time.perf_counter() - t0
+
+    def close(self) -> None:
+        self.coro.close()
+
     def __await__(self) -> Generator[Any, Any, Any]:
-        it = self.coro.__await__()
-        clock = time.perf_counter
-        value: Any = None
-        error: BaseException | None = None
-        while True:
-            t0 = clock()
-            try:
-                out = it.send(value) if error is None else it.throw(error)
-            except StopIteration as stop:
-                self.meter.busy += clock() - t0
-                return stop.value
-            except BaseException:
-                self.meter.busy += clock() - t0
-                raise
-            self.meter.busy += clock() - t0
-            try:
-                value, error = (yield out), None
-            except GeneratorExit:
-                self.coro.close()
-                raise
-            except BaseException as exc:  # cancellation and other throws go on into the coroutine
-                value, error = None, exc
-
-
-async def _timed(coro: Coroutine[Any, Any, Any], meter: _Meter) -> Any:
-    return await _Timed(coro, meter)
+        return self.coro.__await__()
 
 
 def _task_factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
@@ -104,7 +96,7 @@ def _task_factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> 
     context = kwargs.get("context")
     meter = context.get(_meter) if context is not None else _meter.get()
     if meter is not None and asyncio.iscoroutine(coro):
-        coro = _timed(coro, meter)
+        coro = _Timed(coro, meter)
     return asyncio.Task(coro, loop=loop, **kwargs)
 
 
