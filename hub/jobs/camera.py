@@ -132,12 +132,12 @@ class CameraJob(Job):
             "value_template": "{{ 'ON' if value_json.state == 'recording' else 'OFF' }}", "icon": "mdi:cctv"})
         await self.hub.announce("button", "camera_clip", {
             "name": "Dashcam clip", "command_topic": self.hub.topic("camera", "set"), "payload_press": "clip"})
-        await self._publish_state()
         filters = [self.hub.topic("camera", "set"), self.hub.topic("upload", "done"), self.hub.topic("ignition")]
         async with asyncio.TaskGroup() as tasks:
             self._tasks = tasks
             try:
                 async with self.hub.subscribe(filters) as messages:
+                    await self._publish_state()  # once subscribed: a client that sees it can command us
                     async for msg in messages:
                         await self._on_message(msg)
             finally:
