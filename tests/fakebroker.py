@@ -53,8 +53,9 @@ class FakeBroker:
     port: int = 0
     host: str = "127.0.0.1"
     answer_pings: bool = True
+    ack_publishes: bool = True
     connections: list[Connection] = field(default_factory=list)
-    published: list[tuple[str, bytes, int, bool]] = field(default_factory=list)
+    published: list[tuple[str, bytes, int, bool, bool]] = field(default_factory=list)  # + retain, dup
     subscribed: list[tuple[str, int]] = field(default_factory=list)
     pings: int = 0
     pubacks: list[int] = field(default_factory=list)
@@ -165,8 +166,8 @@ class FakeBroker:
             tl = int.from_bytes(body[:2], "big")
             topic = body[2:2 + tl].decode()
             payload = body[2 + tl + (2 if qos else 0):]
-            self.published.append((topic, payload, qos, bool(first & 1)))
-            if qos:
+            self.published.append((topic, payload, qos, bool(first & 1), bool(first & 8)))
+            if qos and self.ack_publishes:
                 writer.write(b"\x40\x02" + body[2 + tl:4 + tl])
         elif kind == 0x40:  # PUBACK
             self.pubacks.append(int.from_bytes(body[:2], "big"))

@@ -41,7 +41,8 @@ c = MQTTClient(cfg["id"], "127.0.0.1", cfg["port"], keepalive=cfg.get("keepalive
                clean_session=cfg.get("clean", False), queue_len=cfg.get("queue_len", 32),
                max_packet=cfg.get("max_packet", 4096), on_connect=on_connect, log=log,
                will=(pre + "/status", b"offline", True, 1) if cfg.get("will", True) else None,
-               backoff_min=cfg.get("backoff_min", 0.5), backoff_max=cfg.get("backoff_max", 2))
+               backoff_min=cfg.get("backoff_min", 0.5), backoff_max=cfg.get("backoff_max", 2),
+               ack_timeout=cfg.get("ack_timeout", 10))
 
 async def offline_publisher():
     # Publishes cfg["offline"] (a list of [qos, topic, payload]) the first time the link is down.
@@ -251,6 +252,10 @@ def test_survives_what_a_broken_broker_sends(upy, tmp_path: Path) -> None:
         node.wait_for("^LOG warning dropped a message on h/other/a/set: it matches none of our subscriptions")
         fb.send(publish_packet("h/n6/a/set", b"retained", retain=True))
         node.wait_for("^LOG info ignored a retained command on h/n6/a/set")
+        fb.send(publish_packet("h/n6/a/set", b"two", qos=2, pid=9))
+        node.wait_for("^LOG error refused a QoS 2 message on h/n6/a/set: QoS 2 is not supported")
+        fb.send(publish_packet("h/n6/cmd/set", b"pub 2 h/n6/q2 two"))
+        node.wait_for("^LOG error QoS 2 is not supported: message on h/n6/q2 not sent")
         fb.send(publish_packet("h/n6/a/set", b"still fine"))
         node.wait_for("^MSG h/n6/a/set still fine False")
 
@@ -266,7 +271,7 @@ def test_survives_what_a_broken_broker_sends(upy, tmp_path: Path) -> None:
 
         fb.send(publish_packet("h/n6/cmd/set", b"stats"))
         stats = json.loads(node.wait_for("^STATS (.*)").group(1))
-        assert stats["skipped"] == 1 and stats["malformed"] == 2 and stats["foreign"] == 1
+        assert stats["skipped"] == 2 and stats["malformed"] == 2 and stats["foreign"] == 1
         assert stats["reconnects"] == 2
         assert node.alive and "Traceback" not in node.output
 
@@ -287,3 +292,21 @@ def test_finds_a_dead_link_when_pings_go_unanswered(upy, tmp_path: Path) -> None
         time.sleep(2 * keepalive)  # answered pings keep the link up
         assert len(fb.connections) == 2 and fb.pings >= 2
         assert "connection lost" not in "\n".join(node.lines[mark:])
+
+
+def test_unacknowledged_qos1_is_resent_with_dup_then_after_reconnect(upy, tmp_path: Path) -> None:
+    with FakeBroker(ack_publishes=False) as fb:
+        node = start_node(upy, tmp_path, id="n8", port=fb.port, prefix="h/n8", will=False, ack_timeout=0.3)
+        node.wait_for("^READY")
+        fb.send(publish_packet("h/n8/cmd/set", b"pub 1 h/n8/x hello"))
+        node.wait_for("^LOG warning no PUBACK for packet .* on h/n8/x; resending")
+        node.wait_for("^LOG warning connection lost: no PUBACK for packet .* after 3 tries")
+        node.wait_for("^PUBLISHED False")  # kept in the queue, not lost
+        fb.ack_publishes = True
+        fb.wait(lambda: len(fb.connections) == 2 and len(fb.published) == 4)
+        assert [(p[0], p[1], p[4]) for p in fb.published] == [
+            ("h/n8/x", b"hello", False), ("h/n8/x", b"hello", True), ("h/n8/x", b"hello", True),
+            ("h/n8/x", b"hello", True)]
+        fb.send(publish_packet("h/n8/cmd/set", b"stats"))
+        stats = json.loads(node.wait_for("^STATS (.*)").group(1))
+        assert stats["tx"] == 1 and stats["queued"] == 0 and stats["dropped"] == 0
