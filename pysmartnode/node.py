@@ -236,12 +236,6 @@ class Node:
             await self._link.wait()
             self._link.clear()
             try:
-                if first:
-                    await self.client.subscribe(self.prefix + "/+/set", 1)
-                    await self.client.subscribe(self.prefix + "/config", 1)
-                    await self.client.subscribe("homeassistant/status", 1)
-                    if pysmartnode.VIRTUAL:
-                        await self.client.subscribe(self.home + "/_sim/" + self.id + "/+/set", 1)
                 await self.publish_info()
                 if self.settings.receive_config:
                     self.config.want()
@@ -266,8 +260,14 @@ class Node:
                     await self.publish_info()
             await asyncio.sleep(1)
 
-    def start(self):
+    async def start(self):
         """Start the link and the node's own tasks; they live as long as the node."""
+        # Subscribed before the first connect: the client sends them right after CONNACK, before on_connect.
+        await self.client.subscribe(self.prefix + "/+/set", 1)
+        await self.client.subscribe(self.prefix + "/config", 1)
+        await self.client.subscribe("homeassistant/status", 1)
+        if pysmartnode.VIRTUAL:
+            await self.client.subscribe(self.home + "/_sim/" + self.id + "/+/set", 1)
         self.client.start()
         asyncio.create_task(self._dispatch())
         asyncio.create_task(self._link_task())

@@ -1,0 +1,79 @@
+# Startup and recovery: the device's main.py calls run(). An uncaught error is logged (and kept in
+# last_error.txt for the next boot) and the device resets, unless DEBUG_STOP_AFTER_EXECUTION.
+import asyncio
+import gc
+import sys
+import pysmartnode
+from pysmartnode import log as _log
+
+_l = _log.get("main")
+
+
+async def _main(settings):
+    from pysmartnode import net, watchdog, loader, sources
+    from pysmartnode.node import Node
+    _log.debug = bool(settings.debug)
+    _log.buffer_len = settings.log_buffer
+    node = Node(settings)
+    node.config.recover()
+    _l.info("pysmartnode %s on %s, id %s, config %s" %
+            (pysmartnode.__version__, pysmartnode.platform, node.id, node.config_version))
+    try:
+        with open("last_error.txt") as f:
+            _l.error("reset after: %s" % f.read().strip())
+        import os
+        os.remove("last_error.txt")
+    except OSError:
+        pass
+    if settings.ignored:
+        _l.warning("server settings ignored: %s" % ", ".join(settings.ignored))
+    asyncio.create_task(net.keep_wifi(settings))  # ends at once on the unix port
+    watchdog.start(settings.watchdog)
+    if pysmartnode.VIRTUAL:
+        from pysmartnode import virtual
+        n = virtual.load_board()
+        if n:
+            _l.info("virtual board: %d chip models" % n)
+    await node.start()
+    gc.collect()
+    cfg, node.source = sources.load(node)
+    if cfg is None:
+        if settings.receive_config:
+            _l.info("no local config: waiting for the config server")
+        else:
+            _l.error("no config and RECEIVE_CONFIG is off: nothing to run")
+    else:
+        _l.info("config from %s" % node.source)
+        loader.load(cfg, node)
+        del cfg
+    gc.collect()
+    _l.info("running, %d components, heap free %d" % (len(node.objects), gc.mem_free()))
+    await node.wait_stopped()
+    return node.reset_requested
+
+
+def reset():
+    if pysmartnode.VIRTUAL:
+        sys.exit(3)  # node.RESET: `fleet node run` starts the VM again, as a board would boot
+    import machine
+    machine.reset()
+
+
+def run():
+    from pysmartnode import settings as _settings
+    s = _settings.load()
+    try:
+        if asyncio.run(_main(s)):
+            reset()
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:
+        _l.exception(e, "uncaught", _log.CRITICAL)
+        try:
+            with open("last_error.txt", "w") as f:
+                f.write(_log.describe(e))
+        except OSError:
+            pass
+        if s.debug_stop_after_execution:
+            return
+        reset()

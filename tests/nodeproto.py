@@ -1,0 +1,211 @@
+"""Test helpers for the node runtime: the config exchange of docs/PROTOCOL.md section 4 seen from the
+server's side (minimal: the real config server lives in config_server/), an observer of a home's
+topics, and a small component module for a node's filesystem."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fleet.mqtt import BrokerSettings, FleetClient
+
+HEADER_ROOM = 120  # bytes kept for a piece's header line
+
+
+def pieces(config: dict[str, Any], counter: int, max_len: int = 1024, settings: dict[str, Any] | None = None,
+           key: bytes | None = None, device: str = "") -> tuple[str, list[bytes]]:
+    """The version and the pieces of `config` (loader format, with `_order`)."""
+    order = config["_order"]
+    bodies = [("_settings", json.dumps(settings or {}).encode()), ("_order", json.dumps(order).encode())]
+    bodies += [(name, json.dumps(config[name]).encode()) for name in order]
+    assembled = b"".join(b for _, b in bodies)
+    v = f"{counter}-{hashlib.sha256(assembled).hexdigest()[:8]}"
+    step = max_len - HEADER_ROOM
+    chunks = [(name, body[i:i + step]) for name, body in bodies for i in range(0, max(len(body), 1), step)]
+    out = []
+    for i, (name, chunk) in enumerate(chunks):
+        head: dict[str, Any] = {"v": v, "i": i, "n": len(chunks), "name": name}
+        if i == 0 and key:
+            mac = hmac.new(key, f"{device}\n{v}\n".encode() + assembled, hashlib.sha256).hexdigest()
+            head["sig"] = f"hmac-sha256:{mac}"
+        out.append(json.dumps(head).encode() + b"\n" + chunk)
+    return v, out
+
+
+class Observer:
+    """Subscribes to `filters` and keeps every message; `wait` for the first one that matches."""
+
+    def __init__(self, settings: BrokerSettings, *filters: str) -> None:
+        self.client = FleetClient(settings)
+        self.filters = filters or (f"{settings.home}/#", "homeassistant/#")
+        self.msgs: list[tuple[str, bytes, bool]] = []
+        self._new = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Observer:
+        await self.client.__aenter__()
+        for f in self.filters:
+            await self.client.subscribe(f, 1)
+        # Started here; ends when the observer is closed (__aexit__ cancels it).
+        self._task = asyncio.create_task(self._collect(), name="node-test-observer")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task:
+            self._task.cancel()
+        await self.client.__aexit__(*exc)
+
+    async def _collect(self) -> None:
+        async for m in self.client.messages:
+            self.msgs.append((m.topic.value, bytes(m.payload), bool(m.retain)))  # type: ignore[arg-type]
+            self._new.set()
+
+    def mark(self) -> int:
+        return len(self.msgs)
+
+    async def wait(self, topic: str, pred: Callable[[bytes], bool] = lambda p: True, timeout: float = 10.0,
+                   start: int = 0) -> bytes:
+        i = start
+
+        async def scan() -> bytes:
+            nonlocal i
+            while True:
+                self._new.clear()
+                while i < len(self.msgs):
+                    t, p, _ = self.msgs[i]
+                    i += 1
+                    if t == topic and pred(p):
+                        return p
+                await self._new.wait()
+
+        try:
+            return await asyncio.wait_for(scan(), timeout)
+        except TimeoutError:
+            seen = "\n".join(f"{t} {p[:200]!r}" for t, p, _ in self.msgs[-40:])
+            raise AssertionError(f"nothing on {topic} within {timeout} s; last messages:\n{seen}") from None
+
+    async def wait_json(self, topic: str, pred: Callable[[Any], bool] = lambda d: True, timeout: float = 10.0,
+                        start: int = 0) -> Any:
+        def ok(p: bytes) -> bool:
+            try:
+                return bool(pred(json.loads(p)))
+            except ValueError:
+                return False
+        return json.loads(await self.wait(topic, ok, timeout, start))
+
+    async def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> None:
+        await self.client.publish(topic, payload, qos=qos, retain=retain)
+
+    async def send_config(self, device: str, config: dict[str, Any], counter: int, **kw: Any) -> str:
+        v, ps = pieces(config, counter, device=device, **kw)
+        for p in ps:
+            await self.publish(f"{self.client.settings.home}/{device}/config", p)
+        return v
+
+
+# A component module for a test node's filesystem (MicroPython): a relay, one that fails to construct,
+# one whose loop crashes, and a sensor reading a chip model on the virtual I2C bus.
+PARTS = '''
+import asyncio
+from pysmartnode import hw
+from pysmartnode.component import Component, Sensor
+from pysmartnode.virtual import Model
+
+
+class Relay(Component):
+    __version__ = "1.2.0"
+    platform = "switch"
+    qos = 1
+
+    def __init__(self, name, pin, **kw):
+        super().__init__(name, **kw)
+        self.pin = hw.pin(pin, hw.OUT, value=0)
+        self.start(self._restore)
+
+    async def _restore(self):
+        old = await self.restore_state()
+        if old in (b"ON", b"OFF"):
+            await self.on_set(old)
+
+    async def on_set(self, msg):
+        if msg not in (b"ON", b"OFF", b"TOGGLE"):
+            raise ValueError("expected ON, OFF or TOGGLE")
+        on = not self.pin.value() if msg == b"TOGGLE" else msg == b"ON"
+        self.pin.value(on)
+        await self.publish(on)
+
+    def discovery(self):
+        return (("switch", self.name, {"command_topic": self.command_topic}),)
+
+
+class Boom(Component):
+    def __init__(self, name, **kw):
+        raise RuntimeError("boom in constructor")
+
+
+class Crashy(Component):
+    def __init__(self, name, **kw):
+        super().__init__(name, **kw)
+        self.start(self._loop)
+
+    async def _loop(self):
+        await asyncio.sleep(0.2)
+        raise RuntimeError("boom in loop")
+
+
+class Thermo(Sensor):
+    __version__ = "0.3.0"
+    VALUES = (("temperature", "°C", "temperature"), ("humidity", "%", "humidity"))
+
+    def __init__(self, name, i2c, **kw):
+        self.bus = i2c
+        super().__init__(name, **kw)
+
+    async def _read(self):
+        b = self.bus.readfrom_mem(0x44, 0, 4)
+        return (b[0] << 8 | b[1]) / 100, (b[2] << 8 | b[3]) / 100
+
+
+class ThermoChip(Model):
+    defaults = {"temperature": 20.0, "humidity": 50.0}
+
+    def read_mem(self, reg, n):
+        self.nack()
+        t, h = int(self.inputs["temperature"] * 100), int(self.inputs["humidity"] * 100)
+        return bytes((t >> 8, t & 255, h >> 8, h & 255))[:n]
+
+
+Model = ThermoChip
+
+
+async def ticker(name, every=0.5):
+    from pysmartnode import log
+    n = 0
+    while True:
+        n += 1
+        log.get(name).info("tick %d" % n)
+        await asyncio.sleep(every)
+'''
+
+
+def relay_config(*names: str, pin0: int = 5, package: str = "parts") -> dict[str, Any]:
+    cfg: dict[str, Any] = {"_order": list(names)}
+    for i, n in enumerate(names):
+        cfg[n] = {"package": package, "component": "Relay", "constructor_args": {"pin": pin0 + i}}
+    return cfg
+
+
+def make_fs(fs: Path, files: dict[str, str | dict[str, Any]] | None = None) -> Path:
+    """A node filesystem with the test parts (`parts.py`) and `files` (dicts written as JSON)."""
+    fs.mkdir(parents=True, exist_ok=True)
+    (fs / "parts.py").write_text(PARTS)
+    for name, content in (files or {}).items():
+        p = fs / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(content if isinstance(content, str) else json.dumps(content))
+    return fs
