@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
+
 from fleet.mqtt import BrokerSettings, FleetClient
 from hub import config
 from hub.service import HubService
@@ -59,7 +61,7 @@ class Watch:
     async def __aexit__(self, *exc: object) -> None:
         if self._task:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):  # its broker may be gone
                 await self._task
         if self.client:
             await self.client.__aexit__(None, None, None)
