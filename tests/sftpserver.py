@@ -28,17 +28,21 @@ class SftpServer:
         self.port = 0
         self.client_key = self.keys / "client_key"
         self.known_hosts = self.keys / "known_hosts"
-        self.writes = 0  # SFTP write requests served
+        self.received = 0  # bytes of SFTP writes served
         self._acceptor: asyncssh.SSHAcceptor | None = None
         self._free_at = 0.0  # when the throttled link is free again
 
-    async def start(self) -> SftpServer:
+    async def start(self, port: int = 0) -> SftpServer:
+        """Listen (on a free port, or `port`: the same server back after `close`, with the same keys)."""
         self.root.mkdir(parents=True, exist_ok=True)
         self.keys.mkdir(parents=True, exist_ok=True)
-        host_key = asyncssh.generate_private_key("ssh-ed25519")
-        client = asyncssh.generate_private_key("ssh-ed25519")
-        client.write_private_key(str(self.client_key))
-        self.client_key.chmod(0o600)
+        host_file = self.keys / "host_key"
+        if not host_file.exists():
+            asyncssh.generate_private_key("ssh-ed25519").write_private_key(str(host_file))
+            asyncssh.generate_private_key("ssh-ed25519").write_private_key(str(self.client_key))
+            self.client_key.chmod(0o600)
+        host_key = asyncssh.read_private_key(str(host_file))
+        client = asyncssh.read_private_key(str(self.client_key))
         authorized = asyncssh.import_authorized_keys(client.export_public_key().decode())
         server = self
 
@@ -47,12 +51,12 @@ class SftpServer:
                 super().__init__(chan, chroot=str(server.root).encode())
 
             async def write(self, file_obj: object, offset: int, data: bytes) -> int:
-                server.writes += 1
                 await server._throttle(len(data))
+                server.received += len(data)
                 return super().write(file_obj, offset, data)  # type: ignore[arg-type, return-value]
 
         self._acceptor = await asyncssh.listen(
-            "127.0.0.1", 0, server_host_keys=[host_key], authorized_client_keys=authorized,
+            "127.0.0.1", port, server_host_keys=[host_key], authorized_client_keys=authorized,
             sftp_factory=Sftp, allow_scp=False,
             process_factory=self._exec if self.exec_sha256 else None,
             password_auth=False, kbdint_auth=False)

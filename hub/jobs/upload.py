@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import re
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -53,17 +55,10 @@ class UploadJob(Job):
     def __init__(self, hub: Hub, config: dict[str, Any]) -> None:
         super().__init__(hub, config)
         conf = {**DEFAULTS, **(config or {})}
-        workdir = Path(hub.workdir)
-        self.queue = Queue(workdir / conf["queue"])
         self.scan = [str(p) for p in conf["scan"]]
-        targets = {name: make_target(name, spec) for name, spec in conf.get("targets", {}).items()}
-        probes = {name: parse_address(spec["when_reachable"]) for name, spec in conf.get("targets", {}).items()
-                  if spec.get("when_reachable")}
-        retry = {**DEFAULTS["retry"], **conf["retry"]}
         self.interval = float(conf["progress"])
-        self.uploader = Uploader(self.queue, targets, hub_id=hub.id, when_reachable=probes,
-                                 retry_first=float(retry["first"]), retry_max=float(retry["max"]), log=self.log,
-                                 on_done=self._done)
+        self.uploader = build_uploader(Path(hub.workdir), hub.id, conf, self.log, self._done)
+        self.queue = self.uploader.queue
 
     # -- hub.hjson ---------------------------------------------------------------------------------
 
@@ -170,6 +165,18 @@ class UploadJob(Job):
                                            qos=0, retain=True)
                     last = status
             await asyncio.sleep(self.interval)
+
+
+def build_uploader(workdir: Path, hub_id: str, section: dict[str, Any], log: logging.Logger,
+                   on_done: Callable[[dict[str, Any]], Awaitable[None]] | None = None) -> Uploader:
+    """The uploader an `upload` section describes (checked already), its queue in `workdir`."""
+    conf = {**DEFAULTS, **section}
+    specs: dict[str, dict[str, Any]] = conf.get("targets", {})
+    targets = {name: make_target(name, spec) for name, spec in specs.items()}
+    probes = {name: parse_address(spec["when_reachable"]) for name, spec in specs.items() if spec.get("when_reachable")}
+    retry = {**DEFAULTS["retry"], **conf["retry"]}
+    return Uploader(Queue(workdir / conf["queue"]), targets, hub_id=hub_id, when_reachable=probes,
+                    retry_first=float(retry["first"]), retry_max=float(retry["max"]), log=log, on_done=on_done)
 
 
 def _check_target(doc: Document, path: KeyPath, spec: Any) -> list[ConfigIssue]:

@@ -59,7 +59,8 @@ class SftpTarget:
             self._sftp = await self._conn.start_sftp_client()
         except (OSError, TimeoutError, asyncssh.ConnectionLost) as exc:
             await self.close()
-            raise UploadError(self.name, f"cannot reach {self.host}:{self.port}: {exc}", reachable=False) from exc
+            raise UploadError(self.name, f"cannot connect to {self.host}:{self.port}: {exc}", reachable=False) \
+                from exc
         except asyncssh.Error as exc:
             await self.close()
             raise UploadError(self.name, f"{self.host}:{self.port} refused us: {exc.reason}") from exc

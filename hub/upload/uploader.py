@@ -26,7 +26,7 @@ from hub.upload.queue import Item, Queue
 from hub.upload.transfer import Transfer, sha256_of
 
 TARGET_TYPES = ("sftp", "https")
-CHECKPOINT_EVERY = 1.0  # seconds between offset checkpoints: the most a crash costs of one upload
+CHECKPOINT_EVERY = 0.25  # seconds between offset checkpoints (SQLite commits): bounds what a crash re-sends
 
 
 class Target(Protocol):
