@@ -111,3 +111,20 @@ class StubHub:
 
     def logger(self, job: str) -> logging.Logger:
         return logging.getLogger(f"hub.{job}")
+
+
+@contextlib.asynccontextmanager
+async def running_job(settings: BrokerSettings, hub_id: str, workdir: Path, job_class: type[Job],
+                      config: dict[str, Any]) -> AsyncIterator[Job]:
+    """`job_class(config)` running on a StubHub, cancelled at the end of the block (as the service stops
+    a job at shutdown)."""
+    async with StubHub(settings, hub_id, workdir) as hub:
+        job = job_class(hub, config)
+        # Started here, cancelled when the block ends.
+        task = asyncio.create_task(job.run(), name=f"stub-{job_class.NAME}-job")
+        try:
+            yield job
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

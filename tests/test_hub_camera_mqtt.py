@@ -6,17 +6,15 @@ real H.264 (the synthetic test pattern, 320×240, 1 s segments)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hub_helpers import Seen, Watch, running_hub
-from hubstub import StubHub
+from hubstub import running_job
 from test_hub_camera import ffprobe
 
 from fleet.mqtt import BrokerSettings
@@ -28,18 +26,8 @@ HUB = "car"
 CONF = {"width": 320, "height": 240, "fps": 30, "segment": 1, "gop": 1, "preset": "ultrafast", "clip": 1.5}
 
 
-@contextlib.asynccontextmanager
-async def camera_job(settings: BrokerSettings, workdir: Path, **conf: Any) -> AsyncIterator[CameraJob]:
-    async with StubHub(settings, HUB, workdir) as hub:
-        job = CameraJob(hub, {**CONF, **conf})
-        # Started here, cancelled at the end of the block (as the service stops a job at shutdown).
-        task = asyncio.create_task(job.run(), name="test-camera-job")
-        try:
-            yield job
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+def camera_job(settings: BrokerSettings, workdir: Path, **conf: Any) -> Any:
+    return running_job(settings, HUB, workdir, CameraJob, {**CONF, **conf})
 
 
 class Camera:

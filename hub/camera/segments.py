@@ -219,14 +219,15 @@ class SegmentWriter:
                 self.skipped += 1
             return
         first = seg.first_pts
-        packet.pts -= first
-        packet.dts = (packet.dts if packet.dts is not None else packet.pts + first) - first
+        pts = packet.pts
+        packet.dts = (packet.dts if packet.dts is not None else pts) - first  # each segment starts at 0
+        packet.pts = pts - first
         packet.duration = self.frame_ticks
         packet.stream = seg.stream
         packet.time_base = seg.stream.time_base
         seg.out.mux(packet)
         seg.frames += 1
-        seg.last_pts = max(seg.last_pts, packet.pts + first)
+        seg.last_pts = max(seg.last_pts, pts)
         now = time.monotonic()
         if now - seg.synced >= self.settings.sync:
             seg.synced = now
