@@ -99,6 +99,7 @@ class Uploader:
         self._wake = {name: asyncio.Event() for name in targets}
         self._changed = asyncio.Event()
         self._skip: dict[int, float] = {}  # row id → monotonic time before which it is not retried
+        self._epoch = 0  # counts flushes: an attempt begun before a flush does not answer wait_empty
 
     # --- what the job and the CLI call -----------------------------------------------------------
 
@@ -123,6 +124,7 @@ class Uploader:
     def flush(self) -> None:
         """Retry every target now, forgetting backoffs; reachability is unknown until tried again."""
         self._skip.clear()
+        self._epoch += 1
         for name, event in self._wake.items():
             if self.reachable[name] is False:
                 self.reachable[name] = None
@@ -179,6 +181,7 @@ class Uploader:
                 await self._sleep(name, self._next_skip_delay())
                 continue
             probe = self.when_reachable.get(name)
+            epoch = self._epoch
             try:
                 if probe and not await can_connect(probe):
                     raise UploadError(name, f"{probe[0]}:{probe[1]} does not answer (when_reachable)", False)
@@ -194,8 +197,10 @@ class Uploader:
                 else:
                     if self.reachable[name] is not False:
                         self.log.warning("%s; retrying with backoff", exc)
-                    self._set_reachable(name, False)
                     await target.close()
+                    if epoch != self._epoch:
+                        continue  # flushed meanwhile: try again at once, this failure is stale
+                    self._set_reachable(name, False)
                     await self._sleep(name, backoff)
                 backoff = min(backoff * 2, self.retry_max)
 
