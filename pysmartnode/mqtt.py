@@ -505,7 +505,7 @@ class MQTTClient:
         if t.get("verify", True):
             ctx.verify_mode = ssl.CERT_REQUIRED
             if t.get("ca"):
-                ctx.load_verify_locations(cafile=t["ca"])
+                ctx.load_verify_locations(cadata=_der(t["ca"]))
             elif hasattr(ctx, "load_default_certs"):
                 ctx.load_default_certs()
         else:
@@ -866,6 +866,20 @@ class MQTTClient:
             self._logf(level, msg)
         except Exception as e:  # a broken logger must not take the link down
             print("mqtt log failed:", e, msg)
+
+
+def _der(path):
+    """A certificate file as DER: MicroPython's mbedtls takes CA data only so (CPython does too)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data.startswith(b"-----BEGIN"):
+        return data
+    from binascii import a2b_base64
+    lines = data.split(b"\n")
+    end = 1
+    while not lines[end].startswith(b"-----END"):  # the first certificate of the file
+        end += 1
+    return a2b_base64(b"".join(line.strip() for line in lines[1:end]))
 
 
 def _named(coro, name):

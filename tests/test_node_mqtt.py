@@ -16,7 +16,8 @@ from typing import Any
 import paho.mqtt.client as paho
 import pytest
 
-from fleet.broker import Mosquitto
+from fleet.broker import Mosquitto, TLSFiles
+from fleet.security import make_tls
 from fleet.upy import MicroPython, UPyProcess
 from tests.fakebroker import FakeBroker, publish_packet
 
@@ -37,7 +38,7 @@ def log(level, msg):
 async def on_connect():
     print("ONCONNECT", c.reconnects)
 
-c = MQTTClient(cfg["id"], "127.0.0.1", cfg["port"], keepalive=cfg.get("keepalive", 60),
+c = MQTTClient(cfg["id"], cfg.get("host", "127.0.0.1"), cfg["port"], tls=cfg.get("tls"), keepalive=cfg.get("keepalive", 60),
                clean_session=cfg.get("clean", False), queue_len=cfg.get("queue_len", 32),
                max_packet=cfg.get("max_packet", 4096), on_connect=on_connect, log=log,
                will=(pre + "/status", b"offline", True, 1) if cfg.get("will", True) else None,
@@ -310,3 +311,20 @@ def test_unacknowledged_qos1_is_resent_with_dup_then_after_reconnect(upy, tmp_pa
         fb.send(publish_packet("h/n8/cmd/set", b"stats"))
         stats = json.loads(node.wait_for("^STATS (.*)").group(1))
         assert stats["tx"] == 1 and stats["queued"] == 0 and stats["dropped"] == 0
+
+
+def test_tls_verifies_the_broker(mosquitto_factory, upy, tmp_path: Path, home: str) -> None:
+    good = make_tls(tmp_path / "tls", ["localhost", "127.0.0.1"])
+    other = make_tls(tmp_path / "other", ["localhost"])
+    broker = mosquitto_factory(tls=TLSFiles(str(good["ca"]), str(good["cert"]), str(good["key"])))
+    pre = f"{home}/n9"
+    node = start_node(upy, tmp_path, id=f"{home}-n9", host="localhost", port=broker.tls_port, prefix=pre,
+                      tls={"ca": str(good["ca"])}, subs=[f"{pre}/+/set"])
+    node.wait_for("^READY")
+    with Watcher(broker.port, "w9") as w:
+        w.publish(f"{pre}/relay/set", "over tls")
+        node.wait_for(f"^MSG {pre}/relay/set over tls False")
+    bad = start_node(upy, tmp_path, name="bad", id=f"{home}-n9b", host="localhost", port=broker.tls_port,
+                     prefix=pre, tls={"ca": str(other["ca"])})
+    bad.wait_for("^LOG warning cannot connect to localhost:")
+    assert "READY" not in bad.output, bad.output
