@@ -50,6 +50,8 @@ FULL = {
     "led": spec(".machine.led", "LED", pin=2),
     "strip": spec(".machine.pwm", "PWM", pin=15, gamma=1),
     "bat": spec(".machine.adc", "ADC", pin=34, scale=6.6, unit="V", device_class="voltage", precision=2),
+    "avg": spec(".machine.adc", "ADC", pin=35, scale=100, window=3),
+    "dlt": spec(".machine.adc", "ADC", pin=36, scale=100, delta=5, throttle=1, interval=0.2, publish_interval=60),
     "buzzer": spec(".devices.buzzer", "Buzzer", pin=25),
     "thermo": spec(".devices.thermostat", "Thermostat", sensor="bme", switch="heater", interval=0.5,
                    hysteresis=0.5),
@@ -77,6 +79,7 @@ class Recorder:
 
     def __init__(self, port: int, filters: list[str]) -> None:
         self.msgs: list[tuple[str, bytes, bool]] = []
+        self.times: list[float] = []  # when each message arrived
         self._cond = threading.Condition()
         self.c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"rec-{uuid.uuid4().hex[:8]}",
                              protocol=paho.MQTTv311)
@@ -90,6 +93,7 @@ class Recorder:
     def _on_message(self, _c: Any, _u: Any, m: paho.MQTTMessage) -> None:
         with self._cond:
             self.msgs.append((m.topic, bytes(m.payload), bool(m.retain)))
+            self.times.append(time.monotonic())
             self._cond.notify_all()
 
     def close(self) -> None:
@@ -125,6 +129,10 @@ class Recorder:
     def on(self, topic: str, start: int = 0) -> list[bytes]:
         with self._cond:
             return [p for t, p, _ in self.msgs[start:] if t == topic]
+
+    def timed(self, topic: str, start: int = 0) -> list[tuple[float, bytes]]:
+        with self._cond:
+            return [(w, p) for (t, p, _), w in zip(self.msgs[start:], self.times[start:], strict=True) if t == topic]
 
 
 class VNode:
@@ -209,7 +217,7 @@ DISCOVERY = {
     "switch": ["heater", "lamp", "led"], "binary_sensor": ["btn"], "light": ["strip"], "button": ["buzzer"],
     "climate": ["thermo"],
     "sensor": ["htu_temperature", "htu_humidity", "bme_temperature", "bme_humidity", "bme_pressure", "water",
-               "porch_temperature", "porch_humidity", "ram", "bat", "stats_uptime", "stats_reconnects"],
+               "porch_temperature", "porch_humidity", "ram", "bat", "avg", "dlt", "stats_uptime", "stats_reconnects"],
 }
 COMMANDED = {"heater", "lamp", "led", "strip", "buzzer", "thermo"}
 
@@ -289,6 +297,34 @@ def test_adc_scales_the_raw_reading(full: tuple[VNode, Recorder]) -> None:
     rec.wait(node.topic("bat"), near(None, 3.3, 0.01), start=m)
     rec.publish(node.sim("adc34/set"), "70000")  # out of range: refused, logged
     rec.wait(node.log("error"), lambda p: b"adc34" in p, start=m)
+
+
+def test_moving_average_window(full: tuple[VNode, Recorder]) -> None:
+    node, rec = full
+    m = rec.mark()
+    rec.publish(node.sim("adc35/set"), "0")
+    rec.wait(node.topic("avg"), lambda p: p == b"0.0", start=m)
+    time.sleep(3.2)  # three readings of 0 fill the window
+    m = rec.mark()
+    rec.publish(node.sim("adc35/set"), "65535")
+    rec.wait(node.topic("avg"), lambda p: p == b"100.0", start=m)
+    assert rec.on(node.topic("avg"), m)[-3:] == [b"33.3", b"66.7", b"100.0"]
+
+
+def test_delta_and_throttle(full: tuple[VNode, Recorder]) -> None:
+    node, rec = full
+    rec.wait(node.topic("dlt"))  # the first reading is published
+    time.sleep(1.1)
+    m = rec.mark()
+    rec.publish(node.sim("adc36/set"), "1311")  # 2 %: less than delta, and the heartbeat is 60 s away
+    time.sleep(1.0)
+    assert rec.on(node.topic("dlt"), m) == []
+    rec.publish(node.sim("adc36/set"), "6554")  # 10 %: published at once
+    rec.wait(node.topic("dlt"), lambda p: p == b"10.0", start=m)
+    rec.publish(node.sim("adc36/set"), "32768")  # 50 %, but throttled to one publish a second
+    rec.wait(node.topic("dlt"), lambda p: p == b"50.0", start=m)
+    (t1, _), (t2, _) = rec.timed(node.topic("dlt"), m)
+    assert t2 - t1 >= 0.8
 
 
 # --- switches and outputs ----------------------------------------------------------------------------------
