@@ -92,7 +92,7 @@ class UploadJob(Job):
     # -- life --------------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        found = await asyncio.to_thread(self.uploader.scan, Path(self.hub.workdir), self.scan)
+        found = await self.uploader.scan(Path(self.hub.workdir), self.scan)
         if found:
             self.log.info("queued %d file(s) found on disk that were never queued", found)
         await self.hub.announce("sensor", "upload_queued", {

@@ -112,11 +112,16 @@ class Uploader:
                 event.set()
         return added
 
-    def scan(self, folder: Path, patterns: list[str]) -> int:
+    async def scan(self, folder: Path, patterns: list[str]) -> int:
         """Queue the files matching `patterns` in `folder` that the queue has never seen (segments closed
         while the hub was down, whose announcement nobody heard); files queued."""
-        found = sorted(str(p.resolve()) for pat in patterns for p in folder.glob(pat) if p.is_file())
-        new = [p for p in found if p not in self.queue.known(found)]
+
+        def find() -> list[str]:
+            return sorted(str(p.resolve()) for pat in patterns for p in folder.glob(pat) if p.is_file())
+
+        found = await asyncio.to_thread(find)
+        known = self.queue.known(found)
+        new = [p for p in found if p not in known]
         for p in new:
             self.add(p)
         return len(new)
