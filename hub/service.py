@@ -19,6 +19,7 @@ import contextlib
 import contextvars
 import json
 import logging
+import socket
 import threading
 import time
 import traceback
@@ -30,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from fleet import __version__, topics
 from fleet.broker import Mosquitto
@@ -100,6 +103,15 @@ def _task_factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> 
     return asyncio.Task(coro, loop=loop, **kwargs)
 
 
+def _no_delay(client: FleetClient) -> None:
+    """Send each packet at once: without TCP_NODELAY a rule's action waits behind the unacknowledged report
+    published just before it (Nagle's algorithm against the broker's delayed ACK: 40 ms)."""
+    paho_client = getattr(client.client, "_client", None)  # aiomqtt keeps its paho client private
+    sock = paho_client.socket() if paho_client is not None else None
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 # --- subscriptions -----------------------------------------------------------------------------
 
 
@@ -112,8 +124,13 @@ class _Subscription:
         self.waiter: asyncio.Future[None] | None = None
         self.dropped = 0
 
-    def wants(self, topic: str) -> bool:
-        return any(topics.matches(f, topic) for f in self.filters)
+    def wants(self, topic: str, via: set[str] | None = None) -> bool:
+        """Whether the message is for this reader; `via`: the filters the broker delivered this copy for."""
+        if via is None:
+            return any(topics.matches(f, topic) for f in self.filters)
+        # One copy per reader: the copy that came for the first of its filters that matches.
+        first = next((f for f in self.filters if topics.matches(f, topic)), None)
+        return first in via
 
     def put(self, msg: aiomqtt.Message) -> None:
         if len(self.items) >= QUEUE_LIMIT:
@@ -182,7 +199,9 @@ class HubService:
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()  # something to publish: job states or log lines
         self._subs: list[_Subscription] = []
-        self._routes: dict[str, tuple[_Subscription, ...]] = {}
+        self._routes: dict[str | tuple[str | int, ...], tuple[_Subscription, ...]] = {}
+        self._filter_ids: dict[str, int] = {}  # filter → its MQTT 5 subscription identifier
+        self._id_filter: dict[int, str] = {}
         self._filter_count: Counter[str] = Counter()
         self._filter_qos: dict[str, int] = {}
         self._jobs: dict[str, Job] = {}
@@ -236,7 +255,7 @@ class HubService:
         if client is not None:
             with contextlib.suppress(aiomqtt.MqttError, BrokerError):  # the link is down: resubscribed on reconnect
                 for f in new:
-                    await client.subscribe(f, qos)
+                    await self._broker_subscribe(client, f, qos)
         try:
             yield sub
         finally:
@@ -252,7 +271,19 @@ class HubService:
             if client is not None:
                 with contextlib.suppress(aiomqtt.MqttError, BrokerError):
                     for f in gone:
-                        await client.unsubscribe(f)
+                        await client.client.unsubscribe(f)
+
+    async def _broker_subscribe(self, client: FleetClient, topic_filter: str, qos: int) -> None:
+        """Subscribe with an MQTT 5 subscription identifier: Mosquitto 2 sends a client one copy of a message
+        per subscription it matches (`allow_duplicate_messages`), and the identifier says which copy is
+        for which readers."""
+        sub_id = self._filter_ids.setdefault(topic_filter, len(self._filter_ids) + 1)
+        self._id_filter[sub_id] = topic_filter
+        props = None
+        if client.is_v5:
+            props = Properties(PacketTypes.SUBSCRIBE)
+            props.SubscriptionIdentifier = sub_id
+        await client.client.subscribe(topic_filter, qos, properties=props)
 
     def job(self, name: str) -> Job | None:
         return self._jobs.get(name)
@@ -375,9 +406,10 @@ class HubService:
                 client = FleetClient(self.link_settings, f"{self.home}-{self.id}-{uuid.uuid4().hex[:6]}",
                                      will=Will(status))
                 async with client:
+                    _no_delay(client)
                     self._client = client
                     for f, qos in list(self._filter_qos.items()):
-                        await client.subscribe(f, qos)
+                        await self._broker_subscribe(client, f, qos)
                     await client.publish(status, "online", 1, True)
                     await client.publish(topics.info(self.home, self.id), json.dumps(self.info()), 0, True)
                     for topic, payload in list(self._entities.items()):
@@ -407,12 +439,16 @@ class HubService:
         topic = msg.topic.value
         if msg.retain and topic.endswith("/set"):
             return  # a command is an event, never a retained state
-        subs = self._routes.get(topic)
+        props = msg.properties
+        ids = getattr(props, "SubscriptionIdentifier", None) if props is not None else None
+        key = (topic, *ids) if ids else topic
+        subs = self._routes.get(key)
         if subs is None:
-            subs = tuple(s for s in self._subs if s.wants(topic))
+            via = {self._id_filter.get(i, "") for i in ids} if ids else None
+            subs = tuple(s for s in self._subs if s.wants(topic, via))
             if len(self._routes) > 20_000:
                 self._routes.clear()
-            self._routes[topic] = subs
+            self._routes[key] = subs
         for sub in subs:
             sub.put(msg)
 
@@ -586,7 +622,8 @@ class HubService:
     def _start_local(self) -> Mosquitto:
         lb = self.config.local_broker
         lines = bridge.bridge_lines(self.config, self.settings)
-        broker = Mosquitto(Path(self.workdir) / "broker", port=lb.port, host=lb.host, persistence=True, extra=lines)
+        broker = Mosquitto(Path(self.workdir) / "broker", port=lb.port, host=lb.host, persistence=True,
+                           extra=["set_tcp_nodelay true", *lines])  # see _no_delay
         broker.start()
         log.info("hub %s: local broker on %s, bridged to %s", self.id, broker.url, self.settings.public_url)
         return broker
