@@ -114,7 +114,7 @@ async def test_a_job_that_raises_is_restarted_and_reported_while_the_others_run(
         stats = await w.wait(lambda s: s.topic == f"{home}/t1/stats", what="stats")
         assert stats.json()["jobs"]["ticker"] == {"cpu": 1.5, "rss": 1234}
         # 20 ticks/s, counted once although the hub's `#` and its own filters overlap at the broker.
-        assert 12 < stats.json()["topics"][f"{home}/t1/ticker"]["msgs"] < 26
+        assert 8 < stats.json()["topics"][f"{home}/t1/ticker"]["msgs"] < 26
         assert stats.json()["loop"]["ticker"] > 0
         # `cmd/set restart` restarts every job; an unknown command is logged and dropped.
         await w.publish(f"{home}/t1/cmd/set", "dance")
