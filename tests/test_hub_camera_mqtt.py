@@ -8,16 +8,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hub_helpers import Seen, Watch, running_hub
-from hubstub import running_job
+from hubstub import StubHub, running_job
 from test_hub_camera import ffprobe
 
 from fleet.mqtt import BrokerSettings
+from hub.camera import RecorderError
 from hub.camera.segments import PART
 from hub.camera.store import SIDECAR
 from hub.jobs.camera import CameraJob
@@ -201,3 +204,51 @@ async def test_through_the_hub_service(settings: BrokerSettings, home: str, tmp_
             jobs = [s.json() for s in w.on(f"{home}/{HUB}/jobs")]
             assert jobs[-1]["camera"]["state"] == "running"
     shutil.rmtree(tmp_path / "camera")
+
+
+@pytest.mark.slow
+async def test_a_killed_recorder_ends_the_run_and_the_restart_cleans_up(settings: BrokerSettings, home: str,
+                                                                        tmp_path: Path) -> None:
+    folder = tmp_path / "camera"
+    async with Watch(settings, f"{home}/{HUB}/camera", f"{home}/{HUB}/camera/segment") as w:
+        cam = Camera(w, home)
+        async with StubHub(settings, HUB, tmp_path) as hub:
+            job = CameraJob(hub, {**CONF, "segment": 3})
+            # Started here; ends by itself when its recorder is killed.
+            run = asyncio.create_task(job.run(), name="test-camera-job")
+            await cam.state("idle")
+            at = await cam.command("start")
+            await cam.state("recording", after=at)
+            await w.wait(lambda s: s.topic == cam.segment_topic, 10, "a segment")
+            await asyncio.sleep(1.8)  # past the first fragment (1 s), well before the next split (3 s)
+            assert job.recorder is not None and job.recorder.pid is not None
+            os.kill(job.recorder.pid, signal.SIGKILL)  # as the OOM killer would
+            with pytest.raises(RecorderError) as failed:
+                await asyncio.wait_for(run, 10)
+            assert failed.value.returncode == -signal.SIGKILL
+        closed = cam.segments()
+        assert len(list(folder.glob("*" + PART))) == 1  # only the open segment
+        for seg in closed:
+            check_announced(seg)
+        async with running_job(settings, HUB, tmp_path, CameraJob, CONF):  # what the service's restart does
+            recovered = await w.wait(lambda s: s.topic == cam.segment_topic and s.json().get("recovered"), 10)
+            check_announced(recovered.json())
+            assert recovered.json()["seq"] == closed[-1]["seq"] + 1
+            assert not list(folder.glob("*" + PART))
+
+
+async def test_a_recorder_that_cannot_open_its_camera_fails_the_run(settings: BrokerSettings, home: str,
+                                                                    tmp_path: Path) -> None:
+    async with Watch(settings, f"{home}/{HUB}/camera") as w, StubHub(settings, HUB, tmp_path) as hub:
+        cam = Camera(w, home)
+        job = CameraJob(hub, {**CONF, "source": str(tmp_path / "video9")})
+        # Started here; ends by itself when the recorder fails.
+        run = asyncio.create_task(job.run(), name="test-camera-job")
+        await cam.state("idle")
+        await cam.command("start")
+        with pytest.raises(RecorderError, match="video9"):
+            await asyncio.wait_for(run, 15)
+        await cam.state("idle")
+        job = CameraJob(hub, {**CONF, "backend": "picamera2"})
+        with pytest.raises(ImportError, match="picamera2"):  # not on this machine: said at once
+            await job.run()

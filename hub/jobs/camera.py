@@ -10,7 +10,7 @@ whenever the ignition (`<home>/<hub>/ignition`) is on.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import importlib.util
 import json
 import os
 import time
@@ -19,9 +19,9 @@ from typing import Any, ClassVar
 
 import aiomqtt
 
-from fleet.errors import ConfigIssue, did_you_mean
+from fleet.errors import BrokerError, ConfigIssue, did_you_mean
 from fleet.hjsonpos import Document, KeyPath
-from hub.camera import BACKENDS, TESTSRC, Settings, parse_size
+from hub.camera import BACKENDS, TESTSRC, RecorderError, Settings, parse_size
 from hub.camera.recorder import Recorder
 from hub.camera.segments import Segment, recover
 from hub.camera.store import SegmentStore
@@ -67,6 +67,7 @@ class CameraJob(Job):
         self.capture: str | None = None
         self.kind: str | None = None
         self._tasks: asyncio.TaskGroup | None = None
+        self._follower: asyncio.Task[None] | None = None
         self._cpu: tuple[float, float] | None = None  # (monotonic, cpu seconds) at the last stats() call
 
     # -- hub.hjson ---------------------------------------------------------------------------------
@@ -120,6 +121,9 @@ class CameraJob(Job):
     # -- life --------------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        if self.settings.backend == "picamera2" and importlib.util.find_spec("picamera2") is None:
+            raise ImportError("backend picamera2: the picamera2 module is not installed (it runs only on a "
+                              "Raspberry Pi, with libcamera); choose backend pyav elsewhere")
         recovered = await asyncio.to_thread(recover, self.folder)
         for segment in recovered:
             self.log.warning("recovered %s (%.2f s) left open by a crash or power cut",
@@ -133,17 +137,22 @@ class CameraJob(Job):
         await self.hub.announce("button", "camera_clip", {
             "name": "Dashcam clip", "command_topic": self.hub.topic("camera", "set"), "payload_press": "clip"})
         filters = [self.hub.topic("camera", "set"), self.hub.topic("upload", "done"), self.hub.topic("ignition")]
-        async with asyncio.TaskGroup() as tasks:
-            self._tasks = tasks
-            try:
-                async with self.hub.subscribe(filters) as messages:
-                    await self._publish_state()  # once subscribed: a client that sees it can command us
-                    async for msg in messages:
-                        await self._on_message(msg)
-            finally:
-                # Also on cancellation: the open segment is closed and announced before the job ends.
-                if self.recorder is not None:
-                    await self.recorder.stop()
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                self._tasks = tasks
+                try:
+                    async with self.hub.subscribe(filters) as messages:
+                        await self._publish_state()  # once subscribed: a client that sees it can command us
+                        async for msg in messages:
+                            await self._on_message(msg)
+                finally:
+                    # Also on cancellation: the open segment is closed and announced before the job ends.
+                    if self.recorder is not None:
+                        await self.recorder.stop()
+                    if self._follower is not None:
+                        await asyncio.wait([self._follower])
+        except* RecorderError as group:
+            raise group.exceptions[0] from None  # the service reports the recorder's own error
 
     async def _on_message(self, msg: aiomqtt.Message) -> None:
         topic = msg.topic.value
@@ -212,7 +221,7 @@ class CameraJob(Job):
         assert self._tasks is not None
         # Started when a recording starts; ends when its recorder process exits. A recorder that fails
         # raises here, which ends this run of the job (the service restarts it; the restart recovers).
-        self._tasks.create_task(self._follow(recorder), name=f"camera-recorder-{recorder.pid}")
+        self._follower = self._tasks.create_task(self._follow(recorder), name=f"camera-recorder-{recorder.pid}")
 
     async def _stop(self) -> None:
         if self.recorder is None:
@@ -236,22 +245,28 @@ class CameraJob(Job):
         finally:
             if self.recorder is recorder:
                 self.recorder, self.capture, self.kind = None, None, None
-                with contextlib.suppress(Exception):  # the link may be gone while the job is cancelled
-                    await self._publish_state()
+                await self._publish_state()
 
     # -- publishing --------------------------------------------------------------------------------
 
     async def _announce(self, segment: Segment) -> None:
-        await self.hub.publish(self.hub.topic("camera", "segment"),
-                               json.dumps(segment.announcement(), separators=(",", ":")), qos=1)
+        try:
+            await self.hub.publish(self.hub.topic("camera", "segment"),
+                                   json.dumps(segment.announcement(), separators=(",", ":")), qos=1)
+        except (BrokerError, aiomqtt.MqttError) as exc:
+            # Recording goes on without the link; the upload job also finds segments by scanning the folder.
+            self.log.warning("%s not announced: %s", Path(segment.path).name, exc)
 
     async def _publish_state(self) -> None:
         segments, used, free = await asyncio.to_thread(self._usage)
         state = "recording" if self.recorder is not None and self.capture else "armed" if self.armed else "idle"
         payload = {"state": state, "capture": self.capture, "kind": self.kind, "armed": self.armed,
                    "segments": segments, "used_bytes": used, "free_bytes": free}
-        await self.hub.publish(self.hub.topic("camera"), json.dumps(payload, separators=(",", ":")), qos=1,
-                               retain=True)
+        try:
+            await self.hub.publish(self.hub.topic("camera"), json.dumps(payload, separators=(",", ":")), qos=1,
+                                   retain=True)
+        except (BrokerError, aiomqtt.MqttError) as exc:
+            self.log.warning("camera state not published: %s", exc)
 
     def _usage(self) -> tuple[int, int, int]:
         segments = self.store.segments()
