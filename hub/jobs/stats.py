@@ -180,7 +180,7 @@ class StatsJob(Job):
         }
 
     async def _publish_loop(self) -> None:
-        busy_then: dict[str, float] = {}
+        busy_then = {name: self.hub.busy_time(name) for name in ["hub", *self.hub.job_names()]}
         t = os.times()
         process = [t.user + t.system, time.monotonic()]
         last = time.monotonic()
