@@ -102,6 +102,14 @@ async def test_start_stop_and_clip_over_mqtt(settings: BrokerSettings, home: str
         assert captures.index(loop2["capture"]) < captures.index(clip2["capture"]) < captures.index(loop3["capture"])
         clip2_frames = sum(s["frames"] for s in cam.segments() if s["capture"] == clip2["capture"])
         assert clip2_frames == 45
+        # start during a clip: answered at once, and the loop follows the clip
+        at = await cam.command("clip")
+        clip3 = await cam.state("recording", after=at, kind="clip")
+        at = await cam.command("start")
+        await cam.state("recording", after=at, kind="clip", capture=clip3["capture"])
+        await cam.state("recording", after=at, kind="loop")
+        at = await cam.command("stop")
+        await cam.state("idle", after=at)
         for seg in cam.segments():
             check_announced(seg)
         assert not list((tmp_path / "camera").glob("*" + PART))

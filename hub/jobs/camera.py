@@ -210,10 +210,10 @@ class CameraJob(Job):
     async def _start(self, mode: str, clip: float | None = None) -> None:
         """Begin a loop recording or a clip; the state follows when the capture has begun."""
         if self.recorder is not None:
-            if mode == "clip" or self.kind != "loop":
-                await self.recorder.send(f"clip {clip}" if mode == "clip" else "loop")
-            else:
-                await self._publish_state()  # already recording: the reply is the unchanged state
+            # loop during a clip: the loop follows the clip; clip during a clip: it is extended
+            await self.recorder.send("loop" if mode == "loop" else f"clip {clip}")
+            if self.capture and (mode == "loop" or self.kind == "clip"):
+                await self._publish_state()  # no capture begins: the reply is the current state
             return
         recorder = Recorder(self.settings, self.log)
         await recorder.start(mode, clip)
