@@ -146,7 +146,8 @@ class VNode:
         (fs / "config.py").write_text(f"RECEIVE_CONFIG = False\nINTERVAL = {interval}\nDEBUG = True\n"
                                       "DEBUG_STOP_AFTER_EXECUTION = True\n")
         (fs / "board.json").write_text(json.dumps(board or {"models": []}))
-        (fs / "components.json").write_text(json.dumps({"_order": list(components), **components}))
+        config = components if "_order" in components else {"_order": list(components), **components}
+        (fs / "components.json").write_text(json.dumps(config))
         self.home, self.id = home, node_id
         self.pre = f"{home}/{node_id}"
         self.runner = MicroPython(fs, heap="512K", env={"FLEET_BROKER": broker.url, "FLEET_HOME": home,

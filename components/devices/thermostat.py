@@ -9,8 +9,8 @@ Example (hjson):
         package: .devices.thermostat
         component: Thermostat
         constructor_args: {
-            sensor: outside         # a temperature sensor component
-            switch: heater          # the relay that drives the heater (or the cooler)
+            sensor: "outside"         # a temperature sensor component
+            switch: "heater"          # the relay that drives the heater (or the cooler)
             # target: 21.0          # °C
             # hysteresis: 0.5       # on below target - hysteresis, off above target + hysteresis
             # mode: "heat"          # heat, cool or off

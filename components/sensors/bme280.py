@@ -8,7 +8,7 @@ Example (hjson):
         package: .sensors.bme280
         component: BME280
         constructor_args: {
-            i2c: i2c                  # the I2C bus component, loaded before
+            i2c: "i2c"                  # the I2C bus component, loaded before
             # address: 0x76
             # interval: 60            # seconds between readings (default: the device's INTERVAL)
             # precision: { temperature: 1, humidity: 0, pressure: 1 }

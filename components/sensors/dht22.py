@@ -8,7 +8,7 @@ Example (hjson):
         package: .sensors.dht22
         component: DHT22
         constructor_args: {
-            pin: 4                    # data pin
+            pin: 17                   # data pin
             # interval: 60            # seconds between readings (>= 2)
             # precision: 1  offset: 0  window: 1  delta: null  throttle: null
         }

@@ -8,7 +8,7 @@ Example (hjson):
         package: .sensors.ds18b20
         component: DS18B20
         constructor_args: {
-            onewire: ow               # the one-wire bus component, loaded before
+            onewire: "ow"               # the one-wire bus component, loaded before
             # rom: 28ff4a1c33160456   # 16 hex digits; default: the only (first) DS18B20 on the bus
             # resolution: 12          # bits, 9-12: conversion 94, 188, 375, 750 ms
             # interval: 30            # seconds between readings

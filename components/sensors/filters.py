@@ -18,7 +18,12 @@ __version__ = "1.0.0"
 
 
 class FilteredSensor(Sensor):
-    def __init__(self, name, window=1, delta=None, throttle=None, **kwargs):
+    def __init__(self, name, window=1,
+                 delta=None,  # type: any
+                 throttle=None,  # type: float|None
+                 precision=1,  # type: any
+                 offset=0,  # type: any
+                 **kwargs):
         if not isinstance(window, int) or window < 1:
             raise ValueError("window: must be a whole number >= 1, not %r" % (window,))
         if delta is not None and not isinstance(delta, (int, float, dict)):
@@ -30,7 +35,8 @@ class FilteredSensor(Sensor):
         self._delta = delta
         self._throttle = throttle
         self._sent = None  # the values last published
-        Sensor.__init__(self, name, **kwargs)
+        # precision and offset are restated here only to declare their type: a number, or a dict by value
+        Sensor.__init__(self, name, precision=precision, offset=offset, **kwargs)
 
     def _fix(self, vname, v):
         p = self._param(self._prec, vname, 1)

@@ -7,7 +7,7 @@ Example (hjson):
         package: .sensors.htu21d
         component: HTU21D
         constructor_args: {
-            i2c: i2c                  # the I2C bus component, loaded before
+            i2c: "i2c"                  # the I2C bus component, loaded before
             # address: 0x40
             # interval: 30            # seconds between readings (default: the device's INTERVAL)
             # publish_interval: 300   # seconds between publishes (default: interval)

@@ -1,0 +1,8 @@
+# Freeze manifest of the component library (micropython-lib style): a firmware manifest takes it with
+# include("<repo>/components/manifest.py"), or one kind alone with include(".../components/sensors/manifest.py").
+metadata(description="SmartFleet node components: machine, sensors, devices", version="1.0.0")
+
+package("components", files=("__init__.py",), base_path="..")
+include("machine/manifest.py")
+include("sensors/manifest.py")
+include("devices/manifest.py")
