@@ -18,7 +18,6 @@ from typing import Any
 
 BACKENDS = ("pyav", "picamera2")
 TESTSRC = "testsrc"
-KINDS = ("loop", "clip")
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 

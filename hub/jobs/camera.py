@@ -169,7 +169,7 @@ class CameraJob(Job):
                 return
             if await asyncio.to_thread(self.store.mark_uploaded, path):
                 await self._enforce_quota()
-        elif topic == self.hub.topic("ignition"):
+        elif topic == self.hub.topic("ignition") and text:  # empty: a retained state cleared, no news
             if text not in ("ON", "OFF"):
                 self.log.warning("dropped a malformed message on %s: %r", topic, text[:200])
                 return
