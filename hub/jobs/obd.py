@@ -1,9 +1,10 @@
 """The OBD-II bridge: python-OBD on MQTT (PROTOCOL.md section 6, docs/OBD.md).
 
-The adapter is driven by one thread (`hub.obd.link.Link`); this job is the event-loop side: it
-publishes each answer as obd-socketio's JSON, keeps `obd/status` retained, answers the python-OBD
-API verbs under `obd/api/<verb>`, publishes trouble codes when they change, announces watched values
-to Home Assistant, and stops polling on key-off or a low battery.
+The adapter is driven by a worker process of its own (`hub.obd.worker`, which runs python-OBD on a
+thread, `hub.obd.link`); this job is the event-loop side: it publishes each answer as obd-socketio's
+JSON, keeps `obd/status` retained, answers the python-OBD API verbs under `obd/api/<verb>`,
+publishes trouble codes when they change, announces watched values to Home Assistant, and stops
+polling on key-off or a low battery.
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import math
-from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
 import aiomqtt
@@ -23,11 +23,9 @@ from fleet.hjsonpos import Document
 from fleet.mqtt import response_info
 from hub.job import Action, Event, Hub, Job
 from hub.obd import encode, ha
-from hub.obd.link import Link
 from hub.obd.options import Options, check, watch_issue
+from hub.obd.process import Worker, WorkerError
 
-# Answers waiting for the publisher; beyond this many (the broker is stuck) new answers are dropped.
-BACKLOG = 10_000
 CALL_TIMEOUT = 10.0  # seconds an API call may wait for the adapter (a connect in progress included)
 VERBS = ("watch", "unwatch", "unwatch_all", "query", "supports", "supported_commands", "status")
 
@@ -58,11 +56,7 @@ class ObdJob(Job):
     def __init__(self, hub: Hub, config: dict[str, Any]) -> None:
         super().__init__(hub, config)
         self.options = Options.from_config(config)
-        self.link = Link(self.options.link, self._from_link)
-        for name, rate in self.options.watch.items():
-            cmd = encode.find_command(name)
-            if cmd is not None:  # check() refused the others
-                self.link.watch(cmd, rate)
+        self.worker = Worker(self.options.link, self.log)
         self.status: str | None = None  # as last published
         self.link_state = "disconnected"
         self.pause_reason: str | None = None  # "sleeping" or "low battery" while polling is stopped
@@ -70,10 +64,6 @@ class ObdJob(Job):
         self.dtc: list[Any] | None = None
         self.announced: set[str] = set()
         self.published = 0
-        self.dropped = 0
-        self._inbox: deque[tuple[str, Any]] = deque()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._arrived = asyncio.Event()
         self._up = asyncio.Event()  # set while the car answers and polling runs
 
     @classmethod
@@ -81,68 +71,54 @@ class ObdJob(Job):
         return check(doc, path)
 
     def stats(self) -> dict[str, float]:
-        return {"published": self.published, "dropped": self.dropped, "connects": self.link.connects}
+        return {"published": self.published}
 
     async def run(self) -> None:
-        self._loop = asyncio.get_running_loop()
         await self._set_status()
-        self.link.start()
-        try:
-            async with asyncio.TaskGroup() as tasks:
-                # All five end with the job: the service cancels run(), which cancels the group.
-                tasks.create_task(self._forward(), name="obd-forward")
-                tasks.create_task(self._serve_api(), name="obd-api")
-                tasks.create_task(self._follow_ignition(), name="obd-ignition")
-                if self.options.dtc_interval > 0:
-                    tasks.create_task(self._every(self.options.dtc_interval, self._read_dtc), name="obd-dtc")
-                if self.options.low_voltage is not None:
-                    tasks.create_task(self._every(self.options.voltage_interval, self._read_voltage),
-                                      name="obd-voltage")
-        finally:
-            await asyncio.to_thread(self.link.close)
-
-    # --- from the link thread to the loop -------------------------------------------------------------
-
-    def _from_link(self, kind: str, data: Any) -> None:
-        """Called on the link thread: hand over to the loop, which must never wait for the adapter."""
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._arrive, kind, data)
-
-    def _arrive(self, kind: str, data: Any) -> None:
-        if kind == "value" and len(self._inbox) >= BACKLOG:
-            self.dropped += 1
-            return
-        self._inbox.append((kind, data))
-        self._arrived.set()
+        async with self.worker, asyncio.TaskGroup() as tasks:
+            for name, rate in self.options.watch.items():
+                if watch_issue(name) is None:  # check() refused the others
+                    self.worker.watch(name, rate)
+            # All five end with the job: the service cancels run(), which cancels the group (and
+            # leaving the worker's block ends the worker). _forward ends the run if the worker dies.
+            tasks.create_task(self._forward(), name="obd-forward")
+            tasks.create_task(self._serve_api(), name="obd-api")
+            tasks.create_task(self._follow_ignition(), name="obd-ignition")
+            if self.options.dtc_interval > 0:
+                tasks.create_task(self._every(self.options.dtc_interval, self._read_dtc), name="obd-dtc")
+            if self.options.low_voltage is not None:
+                tasks.create_task(self._every(self.options.voltage_interval, self._read_voltage),
+                                  name="obd-voltage")
 
     async def _forward(self) -> None:
-        while True:
-            await self._arrived.wait()
-            self._arrived.clear()
-            while self._inbox:
-                kind, data = self._inbox.popleft()
+        """The worker's reports to MQTT; WorkerError (ending the run) when the worker dies."""
+        try:
+            async for kind, data in self.worker.reports():
                 if kind == "value":
-                    await self._publish_value(data)
+                    await self._publish_value(*data)
                 elif kind == "state":
                     self.link_state = data
                     await self._set_status()
                 elif kind == "supported":
                     self.supported = data
-                    for name in set(self.link.watching()) - data:
+                    for name in set(self.worker.watching) - data:
                         self.log.warning("%s is watched but this car does not support it", name)
-                elif kind == "failed":
-                    raise data
+        finally:
+            self.link_state = "disconnected"
+            with contextlib.suppress(Exception):  # the hub may be going down too: best effort
+                await asyncio.shield(self._set_status())
 
-    async def _publish_value(self, resp: obd.OBDResponse) -> None:
-        payload = encode.response(resp)
-        name = resp.command.name
-        await self.hub.publish(self.hub.topic("obd", name), _json(payload), qos=0)
+    async def _publish_value(self, name: str, payload: bytes) -> None:
+        """Publish the worker's encoding as it is; only a command's first value is read (for HA)."""
+        await self.hub.publish(self.hub.topic("obd", name), payload, qos=0)
         self.published += 1
-        if self.options.discovery and name not in self.announced and isinstance(payload["value"], int | float) \
-                and payload["unit"] is not None:
+        if self.options.discovery and name not in self.announced:
             self.announced.add(name)
-            await self.hub.announce("sensor", ha.object_id(resp.command),
-                                    ha.sensor(resp.command, self.hub.topic("obd", name), payload["unit"]))
+            answer = json.loads(payload)
+            cmd = encode.find_command(name)
+            if cmd is not None and isinstance(answer["value"], int | float) and answer["unit"] is not None:
+                await self.hub.announce("sensor", ha.object_id(cmd),
+                                        ha.sensor(cmd, self.hub.topic("obd", name), answer["unit"]))
 
     # --- status and battery care ------------------------------------------------------------------------
 
@@ -159,7 +135,7 @@ class ObdJob(Job):
 
     async def _pause(self, reason: str | None) -> None:
         self.pause_reason = reason
-        self.link.pause(reason is not None)
+        self.worker.pause(reason is not None)
         await self._set_status()
 
     async def _follow_ignition(self) -> None:
@@ -174,34 +150,32 @@ class ObdJob(Job):
                 else:
                     self.log.warning("%s: expected ON or OFF, got %r: dropped", topic, state[:40])
 
-    async def _every(self, interval: float, read: Any) -> None:
+    async def _every(self, interval: float, read: Callable[[], Awaitable[None]]) -> None:
         """Run `read()` when the car first answers, then every `interval` s while it answers."""
         while True:
             await self._up.wait()
-            with contextlib.suppress(ConnectionError, TimeoutError):  # the link went down meanwhile
+            try:
                 await read()
+            except (WorkerError, TimeoutError) as exc:  # the link went down meanwhile, or no answer
+                self.log.info("%s: %s", read.__name__, exc)
             await asyncio.sleep(interval)
 
-    async def _call(self, fn: Any) -> Any:
-        return await asyncio.wait_for(asyncio.wrap_future(self.link.call(fn)), CALL_TIMEOUT)
+    async def _query(self, command: str) -> dict[str, Any]:
+        return await asyncio.wait_for(self.worker.query(command), CALL_TIMEOUT)
 
     async def _read_dtc(self) -> None:
-        resp = await self._call(lambda conn: conn.query(obd.commands.GET_DTC))
-        if resp.is_null():
-            return
-        codes = encode.plain(resp.value)
+        codes = (await self._query("GET_DTC"))["value"]
         if codes != self.dtc:
             self.dtc = codes
             self.log.info("trouble codes: %s", ", ".join(c[0] for c in codes) or "none")
             await self.hub.publish(self.hub.topic("obd", "dtc"), _json(codes), qos=1, retain=True)
 
     async def _read_voltage(self) -> None:
-        resp = await self._call(lambda conn: conn.query(obd.commands.ELM_VOLTAGE))
+        volts = (await self._query("ELM_VOLTAGE"))["value"]
         threshold = self.options.low_voltage
-        if resp.is_null() or threshold is None or self.pause_reason:
+        if threshold is None or self.pause_reason or not isinstance(volts, int | float):
             return
-        volts = float(resp.value.magnitude)
-        if math.isfinite(volts) and volts < threshold:
+        if volts < threshold:
             self.log.warning("battery at %.1f V, below %.1f V: polling stops until the key is turned on",
                              volts, threshold)
             await self._pause("low battery")
@@ -259,15 +233,15 @@ class ObdJob(Job):
             raise ApiError(problem)
         if self.supported and cmd.name not in self.supported and not request.get("force"):
             raise ApiError(f"{cmd.name} is not supported by this car (send force: true to watch it anyway)")
-        self.link.watch(cmd, float(rate))
-        return {"watching": self.link.watching()}
+        self.worker.watch(cmd.name, float(rate))
+        return {"watching": self.worker.watching}
 
     async def _api_unwatch(self, request: dict[str, Any]) -> dict[str, Any]:
-        self.link.unwatch(self._command(request).name)
-        return {"watching": self.link.watching()}
+        self.worker.unwatch(self._command(request).name)
+        return {"watching": self.worker.watching}
 
     async def _api_unwatch_all(self, request: dict[str, Any]) -> dict[str, Any]:
-        self.link.unwatch_all()
+        self.worker.unwatch_all()
         return {"watching": {}}
 
     async def _api_query(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -276,14 +250,13 @@ class ObdJob(Job):
         if self.supported and cmd.name not in self.supported and not force:
             raise ApiError(f"{cmd.name} is not supported by this car (send force: true to ask anyway)")
         try:
-            resp = await self._call(lambda conn: conn.query(cmd, force=True))
-        except ConnectionError:
-            raise ApiError(f"no connection to the car (status: {self.status})") from None
+            return await self._query(cmd.name)
+        except WorkerError as exc:
+            if exc.link_down:
+                raise ApiError(f"no connection to the car (status: {self.status})") from None
+            raise ApiError(f"{cmd.name}: {exc}") from None
         except TimeoutError:
             raise ApiError(f"the adapter did not answer within {CALL_TIMEOUT:.0f} s") from None
-        if resp.is_null():
-            raise ApiError(f"no answer to {cmd.name}")
-        return encode.response(resp)
 
     async def _api_supports(self, request: dict[str, Any]) -> bool:
         cmd = self._command(request)
@@ -297,5 +270,5 @@ class ObdJob(Job):
         return [encode.describe(obd.commands[name]) for name in sorted(self.supported)]
 
     async def _api_status(self, request: dict[str, Any]) -> dict[str, Any]:
-        return {"status": self.status, "port": self.options.link.port, "watching": self.link.watching(),
+        return {"status": self.status, "port": self.options.link.port, "watching": self.worker.watching,
                 "dtc": self.dtc}
