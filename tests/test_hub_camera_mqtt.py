@@ -174,13 +174,17 @@ async def test_recovery_at_start_and_uploaded_segments_leave_first(settings: Bro
             await w.publish(done, json.dumps({"path": segs[1]["path"], "target": "nas", "size": segs[1]["size"],
                                               "verified": "sha256"}))
             await w.publish(done, json.dumps({"path": "/somewhere/else.mp4", "target": "nas"}))
-            for _ in range(100):
-                if not Path(segs[1]["path"]).exists():
+            sidecar = folder / SIDECAR
+
+            def settled() -> bool:  # deleted, and then forgotten in the sidecar
+                return not Path(segs[1]["path"]).exists() and json.loads(sidecar.read_text()) == {"uploaded": []}
+
+            for _ in range(200):
+                if sidecar.exists() and settled():
                     break
                 await asyncio.sleep(0.05)
-            assert not Path(segs[1]["path"]).exists()  # uploaded, over quota: deleted
+            assert settled()  # uploaded, over quota: deleted, and forgotten with its file
             assert all(Path(s["path"]).exists() for s in segs if s is not segs[1])  # not uploaded: kept
-            assert json.loads((folder / SIDECAR).read_text()) == {"uploaded": []}  # forgotten with its file
 
 
 @pytest.mark.slow
