@@ -131,6 +131,8 @@ class FleetClient:
     keepalive: int = 30
     timeout: float = 10.0
     max_queued_incoming: int | None = None
+    queue_type: Any = None  # aiomqtt's incoming queue class (the hub dispatches in its put_nowait)
+    max_inflight: int | None = None  # QoS 1/2 publishes awaiting their ack at once (paho's default: 20)
     _client: aiomqtt.Client | None = field(default=None, init=False, repr=False)
     _filters: dict[str, int] = field(default_factory=dict, init=False, repr=False)
     protocol: aiomqtt.ProtocolVersion | None = field(default=None, init=False)
@@ -148,6 +150,8 @@ class FleetClient:
             clean_session=None if v5 else self.clean_session,
             clean_start=self.clean_session if v5 else 3,
             tls_context=s.tls_context(), max_queued_incoming_messages=self.max_queued_incoming,
+            queue_type=self.queue_type,
+            max_inflight_messages=self.max_inflight,
             # Without TCP_NODELAY, Nagle holds a small publish behind an unacknowledged one for the
             # peer's delayed ACK (~40 ms): measured by bench/hub_obd.py.
             socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
