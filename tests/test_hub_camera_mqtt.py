@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from hub_helpers import Seen, Watch, running_hub
 from hubstub import StubHub, running_job
-from test_hub_camera import ffprobe
+from test_hub_camera import ffprobe, fragment_written
 
 from fleet.mqtt import BrokerSettings
 from hub.camera import RecorderError
@@ -225,14 +225,14 @@ async def test_a_killed_recorder_ends_the_run_and_the_restart_cleans_up(settings
     async with Watch(settings, f"{home}/{HUB}/camera", f"{home}/{HUB}/camera/segment") as w:
         cam = Camera(w, home)
         async with StubHub(settings, HUB, tmp_path) as hub:
-            job = CameraJob(hub, {**CONF, "segment": 3})
+            job = CameraJob(hub, {**CONF, "segment": 2})
             # Started here; ends by itself when its recorder is killed.
             run = asyncio.create_task(job.run(), name="test-camera-job")
             await cam.state("idle")
             at = await cam.command("start")
             await cam.state("recording", after=at)
             await w.wait(lambda s: s.topic == cam.segment_topic, 10, "a segment")
-            await asyncio.sleep(1.8)  # past the first fragment (1 s), well before the next split (3 s)
+            await fragment_written(folder)
             assert job.recorder is not None and job.recorder.pid is not None
             os.kill(job.recorder.pid, signal.SIGKILL)  # as the OOM killer would
             with pytest.raises(RecorderError) as failed:
