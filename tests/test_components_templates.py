@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import uuid
 from pathlib import Path
 
 import hjson
-import pytest
 
 from config_server.declarations import Library
 from config_server.devicefile import read_device
 from fleet.broker import Mosquitto
+from fleet.mqtt import BrokerSettings
 from fleet.upy import REPO
-from test_components import BOARD, Recorder, VNode, near
+from tests.test_components import near, node_files, running
 
 TEMPLATES = REPO / "_templates"
 EXAMPLE = re.compile(r"Example \(hjson\):\n(.*?)\n\n", re.S)
@@ -27,24 +26,8 @@ EXAMPLE_ORDER = ["machine/i2c", "machine/onewire", "machine/ram", "machine/stats
                  "devices/thermostat"]
 
 
-def boot(mosquitto: Mosquitto, fs: Path, components: dict | None, board: dict | None = BOARD,
-         ) -> tuple[VNode, Recorder]:
-    home = f"t{uuid.uuid4().hex[:8]}"
-    node = VNode(fs, mosquitto, home, "tpl", components or {}, board)
-    if components is None:
-        (fs / "components.json").unlink()
-    rec = Recorder(mosquitto.port, [f"{home}/#"])
-    node.start()
-    return node, rec
-
-
-@pytest.fixture
-def nodes():
-    started: list[tuple[VNode, Recorder]] = []
-    yield started
-    for node, rec in started:
-        node.stop()
-        rec.close()
+def broker(mosquitto: Mosquitto) -> BrokerSettings:
+    return BrokerSettings(mosquitto.url, f"t{uuid.uuid4().hex[:8]}")
 
 
 def test_every_component_file_has_version_wiring_and_example() -> None:
@@ -58,15 +41,14 @@ def test_every_component_file_has_version_wiring_and_example() -> None:
                                            "devices/manifest", "manifest"}
 
 
-def test_component_examples_validate_and_run(mosquitto: Mosquitto, tmp_path: Path, nodes: list) -> None:
+async def test_component_examples_validate_and_run(mosquitto: Mosquitto, tmp_path: Path) -> None:
     """The examples at the top of the component files, together as one device: the config server finds no
     error in them, and a virtual node runs every one."""
     components: dict = {}
     for rel in EXAMPLE_ORDER:
         block = EXAMPLE.search((REPO / "components" / f"{rel}.py").read_text())
         assert block, rel
-        part = hjson.loads("{\n" + block.group(1).split("# then")[0] + "\n}")
-        components.update(part)
+        components.update(hjson.loads("{\n" + block.group(1).split("# then")[0] + "\n}"))
     device = tmp_path / "devices" / "examples.hjson"
     device.parent.mkdir()
     device.write_text(hjson.dumps({"name": "Examples", "platform": "unix",
@@ -79,27 +61,25 @@ def test_component_examples_validate_and_run(mosquitto: Mosquitto, tmp_path: Pat
         {"model": "bme280", "bus": "i2c", "address": "0x76"},
         {"model": "ds18b20", "bus": "onewire", "pin": 13, "rom": "28ff4a1c33160456"},
         {"model": "dht22", "bus": "dht", "pin": 17}]}
-    node, rec = boot(mosquitto, tmp_path / "fs", {"_order": checked.config.order, **checked.config.components},
-                     board)
-    nodes.append((node, rec))
-    info = json.loads(rec.wait(node.topic("info")))
-    assert info["failed"] == {}
-    assert set(info["components"]) == set(components)
-    for name in ("outside", "climate", "water", "porch", "heating"):
-        rec.wait(node.topic(name))
+    files = node_files({"_order": checked.config.order, **checked.config.components}, board)
+    async with running(broker(mosquitto), tmp_path / "fs", "examples", files) as (node, obs):
+        info = json.loads(await obs.wait(node.topic("info")))
+        assert info["failed"] == {}
+        assert set(info["components"]) == set(components)
+        for name in ("outside", "climate", "water", "porch", "heating"):
+            await obs.wait(node.topic(name))
 
 
-def test_local_components_template_runs(mosquitto: Mosquitto, tmp_path: Path, nodes: list) -> None:
-    fs = tmp_path / "fs"
-    fs.mkdir()
-    shutil.copy(TEMPLATES / "local_components.py", fs / "local_components.py")
-    node, rec = boot(mosquitto, fs, None)
-    nodes.append((node, rec))
-    node.proc.wait_for(r"config from local_components.py")  # type: ignore[union-attr]
-    info = json.loads(rec.wait(node.topic("info")))
-    assert info["failed"] == {} and len(info["components"]) == 6
-    rec.wait(node.topic("climate"), near("temperature", 18.0, 0.2))
-    rec.wait(node.topic("heater"), lambda p: p == b"ON")  # 18 °C, target 21
+async def test_local_components_template_runs(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    files = node_files({})
+    del files["components.json"]
+    files["local_components.py"] = (TEMPLATES / "local_components.py").read_text()
+    async with running(broker(mosquitto), tmp_path / "fs", "local", files) as (node, obs):
+        await node.vn.wait_for(r"config from local_components.py")
+        info = json.loads(await obs.wait(node.topic("info")))
+        assert info["failed"] == {} and len(info["components"]) == 6
+        await obs.wait(node.topic("climate"), near("temperature", 18.0, 0.2))
+        await obs.wait(node.topic("heater"), lambda p: p == b"ON")  # 18 °C, target 21
 
 
 TMP102_MODEL = '''
@@ -117,41 +97,39 @@ class Model(_Model):
 '''
 
 
-def test_component_and_sensor_templates_run(mosquitto: Mosquitto, tmp_path: Path, nodes: list) -> None:
-    fs = tmp_path / "fs"
-    fs.mkdir()
-    (fs / "tmp102_model.py").write_text(TMP102_MODEL)
+async def test_component_and_sensor_templates_run(mosquitto: Mosquitto, tmp_path: Path) -> None:
     board = {"models": [{"model": "tmp102", "module": "tmp102_model", "bus": "i2c", "address": "0x48",
                          "temperature": -5.5}]}
-    node, rec = boot(mosquitto, fs, {
+    files = node_files({
         "i2c": {"package": ".machine.i2c", "component": "I2C"},
         "desk": {"package": "_templates.sensor_template", "component": "TMP102", "constructor_args": {"i2c": "i2c"}},
         "meter": {"package": "_templates.component_template", "component": "PulseCounter",
                   "constructor_args": {"pin": 5, "interval": 1, "per_pulse": 0.5, "unit": "L"}}}, board)
-    nodes.append((node, rec))
-    info = json.loads(rec.wait(node.topic("info")))
-    assert info["failed"] == {} and info["components"]["desk"] == "1.0.0"
-    rec.wait(node.topic("desk"), lambda p: p == b"-5.5")
-    m = rec.mark()
-    for _ in range(3):
-        rec.publish(node.sim("pin5/set"), "0")
-        rec.publish(node.sim("pin5/set"), "1")
-    rec.wait(node.topic("meter"), lambda p: p == b"1.5", start=m)
-    rec.publish(node.topic("meter/set"), "reset")
-    rec.wait(node.topic("meter"), lambda p: p == b"0.0", start=m)
-    rec.publish(node.sim("tmp102-0x48/set"), '{"fail": "nack"}')
-    rec.wait(node.log("error"), lambda p: b"desk: read failed: OSError: no answer at 0x48" in p, start=m)
+    files["tmp102_model.py"] = TMP102_MODEL
+    async with running(broker(mosquitto), tmp_path / "fs", "templates", files) as (node, obs):
+        info = json.loads(await obs.wait(node.topic("info")))
+        assert info["failed"] == {} and info["components"]["desk"] == "1.0.0"
+        await obs.wait(node.topic("desk"), lambda p: p == b"-5.5")
+        m = obs.mark()
+        for _ in range(3):
+            await obs.publish(node.sim("pin5/set"), "0")
+            await obs.publish(node.sim("pin5/set"), "1")
+        await obs.wait(node.topic("meter"), lambda p: p == b"1.5", start=m)
+        await obs.publish(node.topic("meter/set"), "reset")
+        await obs.wait(node.topic("meter"), lambda p: p == b"0.0", start=m)
+        await obs.publish(node.sim("tmp102-0x48/set"), '{"fail": "nack"}')
+        await obs.wait(node.log("error"), lambda p: b"desk: read failed: OSError: no answer at 0x48" in p, start=m)
 
 
-def test_device_template_validates_and_runs(mosquitto: Mosquitto, tmp_path: Path, nodes: list) -> None:
+async def test_device_template_validates_and_runs(mosquitto: Mosquitto, tmp_path: Path) -> None:
     checked = read_device(TEMPLATES / "device.hjson", Library())
     assert checked.ok, "\n".join(str(i) for i in checked.issues)
     assert checked.config is not None and checked.config.settings == {"interval": 30}
-    node, rec = boot(mosquitto, tmp_path / "fs", {"_order": checked.config.order, **checked.config.components})
-    nodes.append((node, rec))
-    info = json.loads(rec.wait(node.topic("info")))
-    assert info["failed"] == {} and set(info["components"]) == set(checked.config.order)
-    rec.wait(node.topic("climate"), near("temperature", 22.5, 0.2))
+    files = node_files({"_order": checked.config.order, **checked.config.components})
+    async with running(broker(mosquitto), tmp_path / "fs", "device", files) as (node, obs):
+        info = json.loads(await obs.wait(node.topic("info")))
+        assert info["failed"] == {} and set(info["components"]) == set(checked.config.order)
+        await obs.wait(node.topic("climate"), near("temperature", 22.5, 0.2))
 
 
 def frozen(manifest: Path, seen: set[Path] | None = None) -> set[Path]:
