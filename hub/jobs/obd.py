@@ -75,6 +75,12 @@ class ObdJob(Job):
 
     async def run(self) -> None:
         await self._set_status()
+        try:
+            await self._run()
+        except ExceptionGroup as group:
+            raise group.exceptions[0] from None  # the service reports the failure itself, not "a TaskGroup"
+
+    async def _run(self) -> None:
         async with self.worker, asyncio.TaskGroup() as tasks:
             for name, rate in self.options.watch.items():
                 if watch_issue(name) is None:  # check() refused the others
@@ -143,6 +149,8 @@ class ObdJob(Job):
         async with self.hub.subscribe(topic) as messages:
             async for msg in messages:
                 state = bytes(msg.payload or b"").decode("utf-8", "replace").strip()
+                if not state:
+                    continue  # a cleared retained state is no news
                 if state == "OFF":
                     await self._pause("sleeping")
                 elif state == "ON":
@@ -212,7 +220,7 @@ class ObdJob(Job):
                      "ok": False, "error": str(exc)}
         response_topic, correlation = response_info(msg)
         await self.hub.publish(response_topic or self.hub.topic("obd", "reply"), _json(reply), qos=1,
-                               **({"correlation": correlation} if correlation else {}))
+                               correlation=correlation)
 
     @staticmethod
     def _command(request: dict[str, Any]) -> Any:
