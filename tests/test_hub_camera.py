@@ -339,6 +339,7 @@ def test_check_names_file_line_and_key() -> None:
         "keyframes only every gop seconds",
     ]
     assert CameraJob.check(loads('{camera: {segment: 10, quota: "2G", hard_limit: "3G"}}'), ("camera",)) == []
+    assert CameraJob.check(loads('{id: "car"}'), ("camera",)) == []  # no section: the defaults
 
 
 def test_parse_size() -> None:

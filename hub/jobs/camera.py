@@ -76,9 +76,9 @@ class CameraJob(Job):
     def check(cls, doc: Document, path: KeyPath) -> list[ConfigIssue]:
         section: Any = doc.data
         for step in path:
-            section = section[step]
+            section = section.get(step) if isinstance(section, dict) else None
         if section is None:
-            return []
+            return []  # no section: every default
         if not isinstance(section, dict):
             return [doc.issue(path, "the camera section must be an object")]
         issues = []
