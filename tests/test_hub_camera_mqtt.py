@@ -69,13 +69,18 @@ def check_announced(seg: dict[str, Any]) -> None:
 @pytest.mark.slow
 async def test_start_stop_and_clip_over_mqtt(settings: BrokerSettings, home: str, tmp_path: Path) -> None:
     async with Watch(settings, f"{home}/{HUB}/camera/#", f"{home}/{HUB}/camera") as w, \
-            camera_job(settings, tmp_path):
+            camera_job(settings, tmp_path) as job:
         cam = Camera(w, home)
         first = await cam.state("idle")
         assert first["segments"] == 0 and first["free_bytes"] > 0
+        assert job.stats() == {}  # no recorder process, no figures
 
         at = await cam.command("start")
         loop = await cam.state("recording", after=at, kind="loop")
+        job.stats()
+        await asyncio.sleep(0.3)
+        figures = job.stats()  # the recorder process's own, for the stats job
+        assert figures["rss"] > 10_000_000 and 0 <= figures["cpu"] < 250
         await w.wait(lambda s: s.topic == cam.segment_topic, 10, "a segment")
         at = await cam.command("stop")
         idle = await cam.state("idle", after=at)
