@@ -54,25 +54,9 @@ class Component:
         return self.node.spawn(self.name, None, coro_fn, every, args)
 
     async def restore_state(self, timeout=1):
-        """The retained state of this component's own topic (bytes), or None: subscribes once connected,
-        takes a retained value arriving within `timeout` s, unsubscribes (docs/PROTOCOL.md section 2)."""
-        node = self.node
-        await node.wait_connected()
-        got = []
-        ev = asyncio.Event()
-
-        async def take(topic, msg, retained):
-            if retained and not got:
-                got.append(bytes(msg))
-                ev.set()
-
-        await node.subscribe(self.topic, take)
-        try:
-            await asyncio.wait_for(ev.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
-        await node.unsubscribe(self.topic, take)
-        return got[0] if got else None
+        """The retained state of this component's own topic (bytes), or None: once connected, a retained
+        value arriving within `timeout` s of subscribing (docs/PROTOCOL.md section 2)."""
+        return await self.node.retained(self.topic, timeout)
 
     def discovery(self):
         if self.platform is None:

@@ -39,10 +39,11 @@ def i2c(bus=0, scl=None, sda=None, freq=400000):
     key = (bus, scl, sda)
     b = _i2c.get(key)
     if b is None:
+        m = _buses()
         if scl is not None and sda is not None:
-            b = _m.SoftI2C(scl=pin(scl), sda=pin(sda), freq=freq)
+            b = m.SoftI2C(scl=pin(scl), sda=pin(sda), freq=freq)
         else:
-            b = _m.I2C(bus, freq=freq)
+            b = m.I2C(bus, freq=freq)
         _i2c[key] = b
     return b
 
@@ -62,7 +63,7 @@ def pwm(n, freq=1000, duty_u16=0):
 def onewire(n):
     """A one-wire bus on pin `n`, with the API of MicroPython's `onewire.OneWire`."""
     if VIRTUAL:
-        return _m.OneWire(n)
+        return _buses().OneWire(n)
     import onewire as _ow
     return _ow.OneWire(pin(n))
 
@@ -70,9 +71,16 @@ def onewire(n):
 def dht(n, kind="dht22"):
     """A DHT11/DHT22 sensor on pin `n`: `measure()` then `temperature()`, `humidity()`; OSError on failure."""
     if VIRTUAL:
-        return _m.DHT(n, kind)
+        return _buses().DHT(n, kind)
     import dht as _dht
     return (_dht.DHT11 if kind == "dht11" else _dht.DHT22)(pin(n))
+
+
+def _buses():
+    if VIRTUAL:  # the virtual buses load only when a component asks for one
+        from pysmartnode.virtual import buses
+        return buses
+    return _m
 
 
 def _esp8266():

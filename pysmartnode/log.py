@@ -68,13 +68,17 @@ class Logger:
 
     def exception(self, e, msg="", level=ERROR):
         """Log `e` with its traceback printed locally; the MQTT line carries the last frame."""
-        import io
-        s = io.StringIO()
-        sys.print_exception(e, s)
-        tb = s.getvalue().strip().split("\n")
-        print("\n".join(tb))
-        where = tb[-2].strip() if len(tb) > 1 else ""
-        write(level, self.name, "%s%s (%s)" % (msg + ": " if msg else "", describe(e), where))
+        where = ""
+        try:
+            import io
+            s = io.StringIO()
+            sys.print_exception(e, s)
+            tb = s.getvalue().strip().split("\n")
+            print("\n".join(tb))
+            where = " (%s)" % tb[-2].strip() if len(tb) > 1 else ""
+        except MemoryError:  # the line itself still goes out
+            pass
+        write(level, self.name, "%s%s%s" % (msg + ": " if msg else "", describe(e), where))
 
 
 def get(name):

@@ -10,7 +10,7 @@ _l = _log.get("main")
 
 
 async def _main(settings):
-    from pysmartnode import net, watchdog, loader, sources
+    from pysmartnode import watchdog, loader, sources
     from pysmartnode.node import Node
     _log.debug = bool(settings.debug)
     _log.buffer_len = settings.log_buffer
@@ -27,7 +27,9 @@ async def _main(settings):
         pass
     if settings.ignored:
         _l.warning("server settings ignored: %s" % ", ".join(settings.ignored))
-    asyncio.create_task(net.keep_wifi(settings))  # ends at once on the unix port
+    if not pysmartnode.VIRTUAL:
+        from pysmartnode import net
+        asyncio.create_task(net.keep_wifi(settings))  # lives as long as the node
     watchdog.start(settings.watchdog)
     if pysmartnode.VIRTUAL:
         from pysmartnode import virtual
@@ -36,16 +38,22 @@ async def _main(settings):
             _l.info("virtual board: %d chip models" % n)
     await node.start()
     gc.collect()
-    cfg, node.source = sources.load(node)
-    if cfg is None:
+    names, spec, node.source = sources.load()
+    if names is None:
         if settings.receive_config:
             _l.info("no local config: waiting for the config server")
         else:
             _l.error("no config and RECEIVE_CONFIG is off: nothing to run")
     else:
         _l.info("config from %s" % node.source)
-        loader.load(cfg, node)
-        del cfg
+        loader.load(names, spec, node)
+        del names, spec
+    # what only boot needs goes, so its heap serves the components
+    del loader, sources
+    for m in ("loader", "sources", "settings"):
+        sys.modules.pop("pysmartnode." + m, None)
+        if hasattr(pysmartnode, m):
+            delattr(pysmartnode, m)
     gc.collect()
     _l.info("running, %d components, heap free %d" % (len(node.objects), gc.mem_free()))
     await node.wait_stopped()

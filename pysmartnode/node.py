@@ -39,6 +39,8 @@ class Node:
         self.heap_min = gc.mem_free()
         self._t0 = time.ticks_ms()
         self.discovered = False
+        self._retained = None  # topic -> retained payload, while a restore batch collects them
+        self._restored = None  # Event: the current restore batch is over
         self.client = MQTTClient(
             self.id, s.mqtt_host, s.mqtt_port, s.mqtt_user, s.mqtt_password, s.mqtt_keepalive,
             False, s.mqtt_tls, (self.prefix + "/status", b"offline", True, 1), s.mqtt_queue,
@@ -71,6 +73,26 @@ class Node:
         while not await self.client.wait_connected(None):
             pass
 
+    async def retained(self, topic, timeout=1):
+        """The retained payload of one of this node's own topics (`<home>/<id>/<x>`), or None. Components
+        asking at about the same time share one subscription to `<home>/<id>/+` held for `timeout` s
+        (docs/PROTOCOL.md section 2), so twenty relays restoring their state cost one subscribe."""
+        if self._restored is None or self._restored.is_set():
+            self._retained = {}
+            self._restored = asyncio.Event()
+            asyncio.create_task(self._collect_retained(timeout))  # ends after `timeout` s
+        done = self._restored
+        await done.wait()
+        return self._retained.get(topic) if self._restored is done else None
+
+    async def _collect_retained(self, timeout):
+        await self.wait_connected()
+        f = self.prefix + "/+"
+        await self.client.subscribe(f, 1)
+        await asyncio.sleep(timeout)
+        await self.client.unsubscribe(f)
+        self._restored.set()
+
     def _mqtt_log(self, level, msg):
         _log.write(level if isinstance(level, int) else _log.LEVELS.index(level), "mqtt", msg)
 
@@ -78,11 +100,12 @@ class Node:
         self._link.set()  # the work happens in _link_task, so the client's keeper is never held up
 
     # --- error boundaries ----------------------------------------------------------------------------
-    def spawn(self, name, first=None, fn=None, every=None, args=()):
-        """A task in `name`'s error boundary: runs coroutine `first`, or `fn(*args)`, once or `every` s."""
-        return asyncio.create_task(self.guard(name, fn, args, every, first))
+    def spawn(self, name, first=None, fn=None, every=None, args=(), kw=None):
+        """A task in `name`'s error boundary: runs coroutine `first` (then, if it fails, `fn` again), or
+        `fn(*args, **kw)`, once or every `every` seconds."""
+        return asyncio.create_task(self.guard(name, fn, args, every, first, kw))
 
-    async def guard(self, name, fn, args=(), every=None, first=None):
+    async def guard(self, name, fn, args=(), every=None, first=None, kw=None):
         lg = _log.get(name)
         backoff = 2
         while True:
@@ -91,7 +114,7 @@ class Node:
                     c, first = first, None
                     await c
                 else:
-                    r = fn(*args)
+                    r = fn(*args, **kw) if kw else fn(*args)
                     if type(r).__name__ in ("generator", "coroutine"):
                         await r
                 if every is None:
@@ -113,6 +136,10 @@ class Node:
         sim = self.home + "/_sim/" + self.id + "/"
         async for topic, msg, retained in self.client:
             try:
+                if retained and self._retained is not None and not self._restored.is_set():
+                    if topic.startswith(pre) and topic.count("/") == pre.count("/"):
+                        self._retained[topic] = bytes(msg)
+                        continue
                 hs = self._subs.get(topic)
                 if hs:
                     for h in list(hs):
@@ -142,7 +169,7 @@ class Node:
                 else:
                     _l.debug("dropped %s: no route" % topic)
             except Exception as e:  # a bad payload or a failing handler: logged with its topic, dropped
-                _l.error("%s %r: %s" % (topic, bytes(msg[:64]), _log.describe(e)))
+                _l.exception(e, "%s %r" % (topic, bytes(msg[:64])))
 
     async def command(self, msg):
         cmd = msg.strip().decode()
@@ -175,8 +202,9 @@ class Node:
         st = self.client.stats()
         d["reconnects"] = st.get("reconnects", 0)
         d["dropped"] = st.get("dropped", 0)
-        from pysmartnode import net
-        net.add_info(d)
+        if not pysmartnode.VIRTUAL:
+            from pysmartnode import net
+            net.add_info(d)
         if _log.synced:
             d["time"] = int(_log.unix_time())
         return d

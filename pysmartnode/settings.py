@@ -1,6 +1,6 @@
 # Device settings: defaults, then the device's own `config.py` (firmware/device/config_example.py documents
 # each), then on the unix port FLEET_BROKER / FLEET_HOME / FLEET_NODE_ID from the environment (set by
-# `fleet node run`), then the `_settings` piece of the config received from the server (config/_settings.json).
+# `fleet node run`), then the `_settings` piece of the config received from the server (config.cur/_settings.json).
 import json
 from pysmartnode import platform, VIRTUAL
 
@@ -18,17 +18,15 @@ SERVER_KEYS = ("INTERVAL", "INFO_INTERVAL", "LOG_BUFFER", "DEBUG", "WATCHDOG", "
 
 
 class Settings:
-    def __init__(self, values):
-        for k, v in values.items():
-            setattr(self, k.lower(), v)
-        self.ignored = []  # server setting keys that were refused
+    pass  # attributes only: no methods, so this module can be unloaded after boot
 
-    def apply_server(self, d):
-        for k, v in d.items():
-            if k.upper() in SERVER_KEYS:
-                setattr(self, k.lower(), v)
-            else:
-                self.ignored.append(k)
+
+def apply_server(s, d):
+    for k, v in d.items():
+        if k.upper() in SERVER_KEYS:
+            setattr(s, k.lower(), v)
+        else:
+            s.ignored.append(k)
 
 
 def _default_id():
@@ -53,7 +51,7 @@ def _broker_url(vals, url):
         vals["MQTT_TLS"] = {}
 
 
-def load(server_file="config/_settings.json"):
+def load(server_file="config.cur/_settings.json"):
     vals = dict(DEFAULTS)
     try:
         import config  # the device's config.py
@@ -70,11 +68,14 @@ def load(server_file="config/_settings.json"):
         vals["MQTT_HOME"] = os.getenv("FLEET_HOME") or vals["MQTT_HOME"]
         vals["DEVICE_ID"] = os.getenv("FLEET_NODE_ID") or vals["DEVICE_ID"]
     vals["DEVICE_ID"] = vals["DEVICE_ID"] or _default_id()
-    s = Settings(vals)
+    s = Settings()
+    for k, v in vals.items():
+        setattr(s, k.lower(), v)
+    s.ignored = []  # server setting keys that were refused
     s.platform = platform
     try:
         with open(server_file) as f:
-            s.apply_server(json.load(f))
+            apply_server(s, json.load(f))
     except (OSError, ValueError):
         pass  # no server settings (or a damaged file: the defaults hold)
     return s

