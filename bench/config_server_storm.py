@@ -8,8 +8,6 @@ them request at the same moment. Each client is the node's side of docs/PROTOCOL
 asyncio MQTT 3.1.1 connection (a few dozen lines below; 1,000 full paho clients would measure paho,
 not the server): it takes the pieces, reassembles and checks the hash, and acks. Prints the time until
 all are configured, p50/p99 request-to-config latency, and the server's CPU time.
-
-Also times `fleet server validate` on the same N files (bench/config_server_validate.py alone does that).
 """
 
 from __future__ import annotations
@@ -196,21 +194,13 @@ async def storm(args: argparse.Namespace, work: Path) -> None:
               f"Mosquitto CPU {broker_cpu:.2f} s, the clients' {own_cpu:.2f} s")
         for n in nodes:
             n.writer.close()
+    except BaseException:
+        print((work / "server.log").read_text()[-3000:], file=sys.stderr)
+        raise
     finally:
         server.send_signal(signal.SIGINT)  # a clean stop (cProfile writes its stats then)
         server.wait(20)
-        print((work / "server.log").read_text()[-3000:], file=sys.stderr)
         broker.close()
-    validate(folder, args.devices)
-
-
-def validate(folder: Path, n: int) -> None:
-    t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "fleet.cli", "server", "validate", "--devices", str(folder)],
-                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
-    took = time.perf_counter() - t0
-    print(f"fleet server validate on {n} files: {took:.2f} s for the whole command "
-          f"(exit {out.returncode}; it reports: {out.stderr.strip().splitlines()[-1]})")
 
 
 def main() -> None:
