@@ -151,7 +151,7 @@ class PyAVBackend:
                 break
             frame.pts = pts
             frame.time_base = enc.time_base
-            frame.pict_type = PictureType.I if writer.split_due(pts) else PictureType.NONE
+            frame.pict_type = PictureType.I if writer.want_keyframe(pts) else PictureType.NONE
             for packet in enc.encode(frame):
                 writer.write(packet, wall0 + packet.pts / TICKS)
         for packet in enc.encode(None):

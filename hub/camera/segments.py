@@ -180,6 +180,7 @@ class SegmentWriter:
         self._pending: str | None = None  # the kind of the capture to begin at the next keyframe
         self._seq = 0
         self._open: _Open | None = None
+        self._asked = False  # a keyframe was forced for the split that is due and has not come out yet
         self._closer = ThreadPoolExecutor(1, thread_name_prefix="segment-closer")
         self.skipped = 0  # packets dropped while waiting for the keyframe that starts a capture
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -197,12 +198,21 @@ class SegmentWriter:
         self._close()
 
     def split_due(self, pts: int) -> bool:
-        """Whether the frame at `pts` should be a keyframe: a capture begins, or the open segment is full.
-        A backend that can force keyframes asks this for every frame; the pyav backend does."""
+        """Whether a keyframe at `pts` starts a new segment: a capture begins, or the open segment is full."""
         if self._pending is not None:
             return True
         seg = self._open
         return seg is not None and pts - seg.first_pts >= self.segment_ticks - self.frame_ticks // 2
+
+    def want_keyframe(self, pts: int) -> bool:
+        """Whether the frame at `pts` should be forced to be a keyframe: the first frame of each split that
+        is due. An encoder delivers that keyframe some frames later (lookahead); meanwhile the frames
+        after it are left to the encoder's own choice. A backend that can force keyframes asks this for
+        every frame; the pyav backend does."""
+        if self._asked or not self.split_due(pts):
+            return False
+        self._asked = True
+        return True
 
     def write(self, packet: Any, wall: float) -> None:
         """Mux one packet (an `av.Packet`, pts/dts in TICKS); `wall` is the Unix time its frame was taken."""
@@ -213,6 +223,7 @@ class SegmentWriter:
                 self._seq = 0
             self._close()
             self._start(packet.pts, wall)
+            self._asked = False
         seg = self._open
         if seg is None:
             if self.recording:
