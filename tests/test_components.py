@@ -72,11 +72,23 @@ FAULTY = {
     "cooler": spec(".machine.relay", "Relay", pin=14, restore=False),
     "guard": spec(".devices.thermostat", "Thermostat", sensor="bme", switch="cooler", mode="cool",
                   target=20, interval=0.5),
-    # bad configs: a bus that was never loaded, an unknown argument, a value out of range
+    # bad configs: a bus that was never loaded, an unknown argument, values out of range, a wrong pin,
+    # a reference to a component that is not there
     "nobus": spec(".sensors.htu21d", "HTU21D", i2c="i2c2"),
     "typo": spec(".machine.switch", "Switch", pin=16, activ_low=True),
     "badres": spec(".sensors.ds18b20", "DS18B20", onewire="ow", resolution=14),
+    "badpin": spec(".machine.relay", "Relay", pin=99),
+    "badbtn": spec(".machine.button", "Button", pin=18, debounce=50, long_press=20),
+    "badpwm": spec(".machine.pwm", "PWM", pin=19, gamma=9),
+    "badbuzz": spec(".devices.buzzer", "Buzzer", pin=21, volume=200),
+    "badadc": spec(".machine.adc", "ADC", pin=35, scale="x"),
+    "badstats": spec(".machine.stats", "Stats", interval=0),
+    "badrom": spec(".sensors.ds18b20", "DS18B20", onewire="ow", rom="10ff4a1c33160456"),
+    "nosensor": spec(".devices.thermostat", "Thermostat", sensor="nobody", switch="cooler"),
 }
+BAD = {"nobus": "i2c: no I2C bus 'i2c2'", "typo": "activ_low", "badres": "resolution", "badpin": "invalid pin 99",
+       "badbtn": "long_press", "badpwm": "gamma", "badbuzz": "volume", "badadc": "scale", "badstats": "interval",
+       "badrom": "rom: 16 hex digits starting 28", "nosensor": "sensor: 'nobody' has no temperature()"}
 
 
 class Rig:
@@ -404,13 +416,12 @@ async def test_thermostat_follows_the_bme280(full: tuple[Rig, Observer]) -> None
 async def test_bad_configs_fail_alone(faulty: tuple[Rig, Observer]) -> None:
     node, obs = faulty
     info = json.loads(await obs.wait(node.topic("info")))
-    assert set(info["failed"]) == {"nobus", "typo", "badres"}
-    assert "i2c: no I2C bus 'i2c2'" in info["failed"]["nobus"]
-    assert "activ_low" in info["failed"]["typo"]
-    assert "resolution" in info["failed"]["badres"]
+    assert set(info["failed"]) == set(BAD)
+    for name, cause in BAD.items():
+        assert cause in info["failed"][name], (name, info["failed"][name])
     errors = b"\n".join(payloads(obs, node.log("error")))
-    for name in (b"nobus", b"typo", b"badres"):
-        assert name + b" did not load" in errors
+    for name in BAD:
+        assert f"{name} did not load".encode() in errors
     await obs.wait(node.topic("htu"))  # the rest runs
 
 

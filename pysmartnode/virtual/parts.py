@@ -14,6 +14,8 @@ class Pin:
     IRQ_FALLING = 2
 
     def __init__(self, id, mode=-1, pull=None, value=None):
+        if not isinstance(id, int) or not 0 <= id <= 39:  # as machine.Pin refuses a pin the chip lacks
+            raise ValueError("invalid pin %r (the virtual board has GPIO 0-39, as an ESP32)" % (id,))
         self.id = id
         self.mode = self.IN
         self.init(mode, pull, value)
