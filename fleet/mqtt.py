@@ -132,6 +132,8 @@ class FleetClient:
     timeout: float = 10.0
     max_queued_incoming: int | None = None
     queue_type: Any = None  # aiomqtt's incoming queue class (the hub dispatches in its put_nowait)
+    # Tried in order. MQTT 3.1.1 alone for high rates: paho decodes MQTT 5 properties on every message.
+    protocols: tuple[aiomqtt.ProtocolVersion, ...] = (aiomqtt.ProtocolVersion.V5, aiomqtt.ProtocolVersion.V311)
     max_inflight: int | None = None  # QoS 1/2 publishes awaiting their ack at once (paho's default: 20)
     _client: aiomqtt.Client | None = field(default=None, init=False, repr=False)
     _filters: dict[str, int] = field(default_factory=dict, init=False, repr=False)
@@ -159,7 +161,7 @@ class FleetClient:
 
     async def __aenter__(self) -> FleetClient:
         errors: list[str] = []
-        for protocol in (aiomqtt.ProtocolVersion.V5, aiomqtt.ProtocolVersion.V311):
+        for protocol in self.protocols:
             client = self._make(protocol)
             try:
                 await client.__aenter__()

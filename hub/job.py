@@ -55,11 +55,13 @@ class Hub(Protocol):
     async def publish(self, topic: str, payload: str | bytes | None = None, qos: int = 0,
                       retain: bool = False) -> None: ...
 
-    def subscribe(self, topic_filter: str | Sequence[str],
-                  qos: int = 1) -> AbstractAsyncContextManager[AsyncIterator[aiomqtt.Message]]:
+    def subscribe(self, topic_filter: str | Sequence[str], qos: int = 1, *,
+                  bulk: bool = False) -> AbstractAsyncContextManager[AsyncIterator[aiomqtt.Message]]:
         """`async with hub.subscribe(f) as messages: async for msg in messages: …` — the messages on `f`
         (one filter or several); retained `/set` messages are already dropped. The subscription outlives
-        reconnections: the hub subscribes again after every reconnect."""
+        reconnections: the hub subscribes again after every reconnect. `bulk` for thousands of messages
+        a second (the stats job): they come over a second, MQTT 3.1.1 connection (no MQTT 5 properties,
+        no order relative to the other subscriptions)."""
 
     async def announce(self, platform: str, obj: str, entity: dict[str, Any]) -> None:
         """Announce a Home Assistant entity of this hub (PROTOCOL.md section 5): `entity` holds `name`,

@@ -17,15 +17,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import json
 import logging
-import socket
 import threading
 import time
 import traceback
 import uuid
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Coroutine, Generator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -103,15 +103,6 @@ def _task_factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> 
     return asyncio.Task(coro, loop=loop, **kwargs)
 
 
-def _no_delay(client: FleetClient) -> None:
-    """Send each packet at once: without TCP_NODELAY a rule's action waits behind the unacknowledged report
-    published just before it (Nagle's algorithm against the broker's delayed ACK: 40 ms)."""
-    paho_client = getattr(client.client, "_client", None)  # aiomqtt keeps its paho client private
-    sock = paho_client.socket() if paho_client is not None else None
-    if isinstance(sock, socket.socket):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
 # --- subscriptions -----------------------------------------------------------------------------
 
 
@@ -154,6 +145,144 @@ class _Subscription:
         return self.items.popleft()
 
 
+class _Inbox(asyncio.Queue):  # type: ignore[type-arg]
+    """aiomqtt's incoming queue, made a hand-over: each message goes to the hub's dispatcher as paho decodes
+    it. aiomqtt's own `async for` costs a task per message, too slow for the stats job's 20k msg/s."""
+
+    def __init__(self, dispatch: Any, maxsize: int = 0) -> None:
+        super().__init__(maxsize)
+        self.dispatch = dispatch
+
+    def put_nowait(self, item: aiomqtt.Message) -> None:
+        self.dispatch(item)
+
+
+class _Link:
+    """One MQTT connection of the hub, reconnected with backoff, and the readers of its subscriptions.
+    Subscriptions outlive reconnections: the link subscribes again on every connect."""
+
+    def __init__(self, service: HubService, name: str, protocols: tuple[aiomqtt.ProtocolVersion, ...],
+                 will: Will | None = None) -> None:
+        self.service = service
+        self.name = name
+        self.protocols = protocols
+        self.will = will
+        self.client: FleetClient | None = None
+        self.connected = asyncio.Event()
+        self.reconnects = 0
+        self.task: asyncio.Task[None] | None = None
+        self.subs: list[_Subscription] = []
+        self.routes: dict[str | tuple[str | int, ...], tuple[_Subscription, ...]] = {}
+        self.count: Counter[str] = Counter()  # filter → readers
+        self.qos: dict[str, int] = {}
+        self.ids: dict[str, int] = {}  # filter → its MQTT 5 subscription identifier
+        self.id_filter: dict[int, str] = {}
+
+    @contextlib.asynccontextmanager
+    async def subscription(self, filters: tuple[str, ...], qos: int) -> AsyncIterator[_Subscription]:
+        sub = _Subscription(filters)
+        self.subs.append(sub)
+        self.routes.clear()
+        new = [f for f in filters if self.count[f] == 0]
+        for f in filters:
+            self.count[f] += 1
+            self.qos[f] = max(qos, self.qos.get(f, 0))
+        client = self.client
+        if client is not None:
+            with contextlib.suppress(aiomqtt.MqttError, BrokerError):  # the link is down: subscribed on reconnect
+                for f in new:
+                    await self._subscribe(client, f, qos)
+        try:
+            yield sub
+        finally:
+            self.subs.remove(sub)
+            self.routes.clear()
+            gone = []
+            for f in filters:
+                self.count[f] -= 1
+                if self.count[f] <= 0:
+                    del self.count[f], self.qos[f]
+                    gone.append(f)
+            client = self.client
+            if client is not None:
+                with contextlib.suppress(aiomqtt.MqttError, BrokerError):
+                    for f in gone:
+                        await client.client.unsubscribe(f)
+
+    async def _subscribe(self, client: FleetClient, topic_filter: str, qos: int) -> None:
+        """Subscribe with an MQTT 5 subscription identifier: Mosquitto 2 sends a client one copy of a message
+        per subscription it matches (`allow_duplicate_messages`), and the identifier says which copy is
+        for which readers."""
+        sub_id = self.ids.setdefault(topic_filter, len(self.ids) + 1)
+        self.id_filter[sub_id] = topic_filter
+        props = None
+        if client.is_v5:
+            props = Properties(PacketTypes.SUBSCRIBE)
+            props.SubscriptionIdentifier = sub_id
+        await client.client.subscribe(topic_filter, qos, properties=props)
+
+    def dispatch(self, msg: aiomqtt.Message) -> None:
+        try:
+            self._route(msg)
+        except Exception:  # called from paho's callback: an error here must not cut the link
+            log.exception("hub %s: dispatch of %s", self.service.id, msg.topic)
+
+    def _route(self, msg: aiomqtt.Message) -> None:
+        topic = msg.topic.value
+        if msg.retain and topic.endswith("/set"):
+            return  # a command is an event, never a retained state
+        props = msg.properties
+        ids = getattr(props, "SubscriptionIdentifier", None) if props is not None else None
+        key = (topic, *ids) if ids else topic
+        subs = self.routes.get(key)
+        if subs is None:
+            via = {self.id_filter.get(i, "") for i in ids} if ids else None
+            subs = tuple(s for s in self.subs if s.wants(topic, via))
+            if len(self.routes) > 20_000:
+                self.routes.clear()
+            self.routes[key] = subs
+        for sub in subs:
+            sub.put(msg)
+
+    async def run(self, on_connect: Callable[[FleetClient], Awaitable[None]] | None = None) -> None:
+        """Connect, subscribe, call `on_connect`, hand messages on until the link drops; again, forever."""
+        service, settings = self.service, self.service.link_settings
+        delay = 1.0
+        while True:
+            try:
+                client = FleetClient(settings, f"{service.home}-{service.id}-{self.name}-{uuid.uuid4().hex[:6]}",
+                                     will=self.will, queue_type=functools.partial(_Inbox, self.dispatch),
+                                     protocols=self.protocols)
+                async with client:
+                    self.client = client
+                    for f, qos in list(self.qos.items()):
+                        await self._subscribe(client, f, qos)
+                    if on_connect is not None:
+                        await on_connect(client)
+                    self.connected.set()
+                    delay = 1.0
+                    log.info("hub %s: %s link connected to %s", service.id, self.name, settings.public_url)
+                    # Messages go to dispatch() from the inbox (its route cache does FleetClient's foreign-
+                    # message check once per topic): this loop only waits for the link to end.
+                    async for _ in client.client.messages:
+                        pass
+                    raise aiomqtt.MqttError("the broker closed the connection")
+            except (BrokerError, aiomqtt.MqttError) as exc:
+                if self.connected.is_set():
+                    self.reconnects += 1
+                log.warning("hub %s: %s link to %s: %s; retrying in %.0f s", service.id, self.name,
+                            settings.public_url, exc, delay)
+            finally:
+                self.connected.clear()
+                self.client = None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    @property
+    def dropped(self) -> int:
+        return sum(s.dropped for s in self.subs)
+
+
 # --- logs over MQTT ----------------------------------------------------------------------------
 
 
@@ -193,17 +322,13 @@ class HubService:
         self.link_settings = settings  # the broker the jobs use (the local one when it runs)
         self.local: Mosquitto | None = None
         self.started = time.monotonic()
-        self.reconnects = 0
-        self._client: FleetClient | None = None
-        self._connected = asyncio.Event()
+        v5_first = (aiomqtt.ProtocolVersion.V5, aiomqtt.ProtocolVersion.V311)
+        self._main = _Link(self, "main", v5_first, Will(topics.status(self.home, self.id)))
+        # Bulk subscriptions (the stats job's `#`) on a 3.1.1 connection of their own, started on first use:
+        # paho decodes MQTT 5 properties on every message, which halves the rate it can take.
+        self._bulk = _Link(self, "bulk", (aiomqtt.ProtocolVersion.V311,))
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()  # something to publish: job states or log lines
-        self._subs: list[_Subscription] = []
-        self._routes: dict[str | tuple[str | int, ...], tuple[_Subscription, ...]] = {}
-        self._filter_ids: dict[str, int] = {}  # filter → its MQTT 5 subscription identifier
-        self._id_filter: dict[int, str] = {}
-        self._filter_count: Counter[str] = Counter()
-        self._filter_qos: dict[str, int] = {}
         self._jobs: dict[str, Job] = {}
         self._supervisors: dict[str, asyncio.Task[None]] = {}
         self._states: dict[str, dict[str, Any]] = {}
@@ -215,6 +340,7 @@ class HubService:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._runner: asyncio.Task[None] | None = None
+        self._running = False
         self._log_base = logging.getLogger(f"smartfleet.hub.{self.home}.{self.id}")
         self._handler = _MqttLogHandler(self)
         self.log = self.logger("hub")
@@ -227,63 +353,25 @@ class HubService:
     async def publish(self, topic: str, payload: str | bytes | None = None, qos: int = 0, retain: bool = False,
                       *, response_topic: str | None = None, correlation: bytes | None = None) -> None:
         """Publish through the hub's connection; waits up to PUBLISH_WAIT s for the link, else BrokerError."""
-        client = self._client
-        if client is None or not self._connected.is_set():
+        client = self._main.client
+        if client is None or not self._main.connected.is_set():
             try:
-                await asyncio.wait_for(self._connected.wait(), PUBLISH_WAIT)
+                await asyncio.wait_for(self._main.connected.wait(), PUBLISH_WAIT)
             except TimeoutError:
                 raise BrokerError(self.link_settings.public_url, "not connected") from None
-            client = self._client
+            client = self._main.client
             assert client is not None
         await client.publish(topic, payload, qos, retain, response_topic=response_topic, correlation=correlation)
 
-    def subscribe(self, topic_filter: str | Sequence[str],
-                  qos: int = 1) -> contextlib.AbstractAsyncContextManager[AsyncIterator[aiomqtt.Message]]:
+    def subscribe(self, topic_filter: str | Sequence[str], qos: int = 1, *,
+                  bulk: bool = False) -> contextlib.AbstractAsyncContextManager[AsyncIterator[aiomqtt.Message]]:
         filters = (topic_filter,) if isinstance(topic_filter, str) else tuple(topic_filter)
-        return self._subscription(filters, qos)
-
-    @contextlib.asynccontextmanager
-    async def _subscription(self, filters: tuple[str, ...], qos: int) -> AsyncIterator[_Subscription]:
-        sub = _Subscription(filters)
-        self._subs.append(sub)
-        self._routes.clear()
-        new = [f for f in filters if self._filter_count[f] == 0]
-        for f in filters:
-            self._filter_count[f] += 1
-            self._filter_qos[f] = max(qos, self._filter_qos.get(f, 0))
-        client = self._client
-        if client is not None:
-            with contextlib.suppress(aiomqtt.MqttError, BrokerError):  # the link is down: resubscribed on reconnect
-                for f in new:
-                    await self._broker_subscribe(client, f, qos)
-        try:
-            yield sub
-        finally:
-            self._subs.remove(sub)
-            self._routes.clear()
-            gone = []
-            for f in filters:
-                self._filter_count[f] -= 1
-                if self._filter_count[f] <= 0:
-                    del self._filter_count[f], self._filter_qos[f]
-                    gone.append(f)
-            client = self._client
-            if client is not None:
-                with contextlib.suppress(aiomqtt.MqttError, BrokerError):
-                    for f in gone:
-                        await client.client.unsubscribe(f)
-
-    async def _broker_subscribe(self, client: FleetClient, topic_filter: str, qos: int) -> None:
-        """Subscribe with an MQTT 5 subscription identifier: Mosquitto 2 sends a client one copy of a message
-        per subscription it matches (`allow_duplicate_messages`), and the identifier says which copy is
-        for which readers."""
-        sub_id = self._filter_ids.setdefault(topic_filter, len(self._filter_ids) + 1)
-        self._id_filter[sub_id] = topic_filter
-        props = None
-        if client.is_v5:
-            props = Properties(PacketTypes.SUBSCRIBE)
-            props.SubscriptionIdentifier = sub_id
-        await client.client.subscribe(topic_filter, qos, properties=props)
+        if not bulk:
+            return self._main.subscription(filters, qos)
+        if self._bulk.task is None and self._running:
+            # Started on the first bulk subscription, cancelled when the service stops.
+            self._bulk.task = self._create(self._bulk.run(), "hub-link-bulk", self._meters["hub"])
+        return self._bulk.subscription(filters, qos)
 
     def job(self, name: str) -> Job | None:
         return self._jobs.get(name)
@@ -300,8 +388,8 @@ class HubService:
 
     async def announce(self, platform: str, obj: str, entity: dict[str, Any]) -> None:
         topic, payload = self._entity(platform, obj, entity)
-        client = self._client
-        if client is not None and self._connected.is_set():
+        client = self._main.client
+        if client is not None and self._main.connected.is_set():
             await client.publish(topic, payload, 1, True)
 
     def _entity(self, platform: str, obj: str, entity: dict[str, Any]) -> tuple[str, str]:
@@ -327,14 +415,14 @@ class HubService:
     @property
     def dropped(self) -> int:
         """Messages dropped because a job read them too slowly."""
-        return sum(s.dropped for s in self._subs)
+        return self._main.dropped + self._bulk.dropped
 
     def info(self) -> dict[str, Any]:
         return {
             "fw": __version__, "platform": "linux",
             "components": {name: __version__ for name in self.config.classes},
             "failed": {name: s["error"] for name, s in self._states.items() if s["state"] == "failed"},
-            "uptime": int(time.monotonic() - self.started), "reconnects": self.reconnects,
+            "uptime": int(time.monotonic() - self.started), "reconnects": self._main.reconnects,
             "dropped": self._logs_dropped, "time": int(time.time()),
         }
 
@@ -351,7 +439,7 @@ class HubService:
             await self._runner
 
     async def wait_connected(self, timeout: float = 10.0) -> None:
-        await asyncio.wait_for(self._connected.wait(), timeout)
+        await asyncio.wait_for(self._main.connected.wait(), timeout)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -371,7 +459,8 @@ class HubService:
                 self.link_settings = BrokerSettings(self.local.url, self.home)
             # All started here and cancelled in the finally below, after the jobs stopped and the hub said
             # offline: the link (connection + dispatch), the outbox (job states, logs), commands, info.
-            for coro, name in ((self._link(), "link"), (self._outbox(), "outbox"),
+            self._running = True
+            for coro, name in ((self._main.run(self._on_connect), "link"), (self._outbox(), "outbox"),
                                (self._commands(), "commands"), (self._info_loop(), "info")):
                 tasks.append(self._create(coro, f"hub-{name}", self._meters["hub"]))
             if self.local is not None:
@@ -381,6 +470,10 @@ class HubService:
         finally:
             await self._stop_jobs()
             await self._goodbye()
+            self._running = False
+            if self._bulk.task is not None:
+                tasks.append(self._bulk.task)
+                self._bulk.task = None
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -398,64 +491,19 @@ class HubService:
 
     # --- the link ---
 
-    async def _link(self) -> None:
-        status = topics.status(self.home, self.id)
-        delay = 1.0
-        while True:
-            try:
-                client = FleetClient(self.link_settings, f"{self.home}-{self.id}-{uuid.uuid4().hex[:6]}",
-                                     will=Will(status))
-                async with client:
-                    _no_delay(client)
-                    self._client = client
-                    for f, qos in list(self._filter_qos.items()):
-                        await self._broker_subscribe(client, f, qos)
-                    await client.publish(status, "online", 1, True)
-                    await client.publish(topics.info(self.home, self.id), json.dumps(self.info()), 0, True)
-                    for topic, payload in list(self._entities.items()):
-                        await client.publish(topic, payload, 1, True)
-                    self._states_dirty = True
-                    self._connected.set()
-                    self._wake.set()
-                    delay = 1.0
-                    log.info("hub %s connected to %s", self.id, self.link_settings.public_url)
-                    # Read the client's queue directly: the route cache below does FleetClient's
-                    # foreign-message check once per topic instead of once per message.
-                    async for msg in client.client.messages:
-                        self._dispatch(msg)
-                    raise aiomqtt.MqttError("the broker closed the connection")
-            except (BrokerError, aiomqtt.MqttError) as exc:
-                if self._connected.is_set():
-                    self.reconnects += 1
-                log.warning("hub %s: link to %s: %s; retrying in %.0f s", self.id,
-                            self.link_settings.public_url, exc, delay)
-            finally:
-                self._connected.clear()
-                self._client = None
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
-
-    def _dispatch(self, msg: aiomqtt.Message) -> None:
-        topic = msg.topic.value
-        if msg.retain and topic.endswith("/set"):
-            return  # a command is an event, never a retained state
-        props = msg.properties
-        ids = getattr(props, "SubscriptionIdentifier", None) if props is not None else None
-        key = (topic, *ids) if ids else topic
-        subs = self._routes.get(key)
-        if subs is None:
-            via = {self._id_filter.get(i, "") for i in ids} if ids else None
-            subs = tuple(s for s in self._subs if s.wants(topic, via))
-            if len(self._routes) > 20_000:
-                self._routes.clear()
-            self._routes[key] = subs
-        for sub in subs:
-            sub.put(msg)
+    async def _on_connect(self, client: FleetClient) -> None:
+        """Say online, and everything a newcomer should know: info, discovery, job states."""
+        await client.publish(topics.status(self.home, self.id), "online", 1, True)
+        await client.publish(topics.info(self.home, self.id), json.dumps(self.info()), 0, True)
+        for topic, payload in list(self._entities.items()):
+            await client.publish(topic, payload, 1, True)
+        self._states_dirty = True
+        self._wake.set()
 
     async def _goodbye(self) -> None:
         """Say offline (and the jobs stopped) before the link closes: a clean shutdown is no lost Will."""
-        client = self._client
-        if client is None or not self._connected.is_set():
+        client = self._main.client
+        if client is None or not self._main.connected.is_set():
             return
         with contextlib.suppress(aiomqtt.MqttError, BrokerError, TimeoutError):
             async with asyncio.timeout(3):
@@ -480,7 +528,7 @@ class HubService:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if not self._connected.is_set():
+            if not self._main.connected.is_set():
                 continue  # the link sets _wake again when it is back
             try:
                 await self._flush()
@@ -488,7 +536,7 @@ class HubService:
                 log.warning("hub %s: outbox: %s", self.id, exc)
 
     async def _flush(self) -> None:
-        client = self._client
+        client = self._main.client
         if client is None:
             return
         if self._states_dirty:
@@ -549,7 +597,7 @@ class HubService:
     async def _info_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.info_interval)
-            if self._connected.is_set():
+            if self._main.connected.is_set():
                 with contextlib.suppress(aiomqtt.MqttError, BrokerError):
                     await self.publish(topics.info(self.home, self.id), json.dumps(self.info()), 0, True)
 
@@ -623,7 +671,7 @@ class HubService:
         lb = self.config.local_broker
         lines = bridge.bridge_lines(self.config, self.settings)
         broker = Mosquitto(Path(self.workdir) / "broker", port=lb.port, host=lb.host, persistence=True,
-                           extra=["set_tcp_nodelay true", *lines])  # see _no_delay
+                           extra=["set_tcp_nodelay true", *lines])  # as FleetClient: no Nagle delays
         broker.start()
         log.info("hub %s: local broker on %s, bridged to %s", self.id, broker.url, self.settings.public_url)
         return broker

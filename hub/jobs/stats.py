@@ -144,7 +144,7 @@ class StatsJob(Job):
         publisher = asyncio.create_task(self._publish_loop(), name="stats-publish")
         add = self.meter.add
         try:
-            async with self.hub.subscribe(self.filter, qos=0) as messages:
+            async with self.hub.subscribe(self.filter, qos=0, bulk=True) as messages:
                 async for msg in messages:
                     if not msg.retain:  # a retained replay on subscribe is no traffic
                         add(msg.topic.value, len(msg.payload))  # type: ignore[arg-type]
