@@ -42,7 +42,7 @@ def bridge_topics(cfg: HubConfig, home: str) -> list[tuple[str, str]]:
             if step.reply and not topics.matches(own, step.reply):
                 add(step.reply, "in")
     for pattern, direction in cfg.bridge.topics:
-        add(pattern, direction)
+        add(pattern.replace("{home}", home).replace("{hub}", hub), direction)
     return [(p, "both" if d == {"in", "out"} else d.pop()) for p, d in wanted.items()]
 
 
