@@ -105,7 +105,11 @@ class ConfigServer:
         self._note_errors(self.registry.checked.keys())
         log.info("%d devices in service, %d refused", len(self.registry.served),
                  sum(1 for c in self.registry.checked.values() if not c.ok))
-        client = await self._connect()  # raises BrokerError: a server that cannot reach its broker says so
+        try:
+            client = await self._connect()  # BrokerError: a server that cannot reach its broker says so
+        except BaseException:
+            self.state.close()
+            raise
         # Each runs until __aexit__ cancels it.
         self._tasks = [
             asyncio.create_task(self._link(client), name=f"config-server-link-{self.options.server_id}"),

@@ -286,3 +286,35 @@ def test_log_retention_by_age_and_size(tmp_path: Path) -> None:
     state.prune_logs(max_age=86400, max_bytes=50_000, now=now)
     left = state.logs("a")
     assert 400 < len(left) < 500 and left[-1].line == "x" * 60  # the newest are kept
+
+
+async def test_broker_restart_and_the_run_command(mosquitto_factory: Any, tmp_path: Path, devices: Path) -> None:
+    broker = mosquitto_factory()
+    settings = BrokerSettings(broker.url, "t-restart")
+    async with ConfigServer(settings, options(tmp_path, devices)) as server:
+        broker.restart()  # the server loses its link and comes back by itself
+        async with NodeSide(settings, "door") as node:
+            got = await asyncio.wait_for(_ask_until_answered(node), 15)
+            assert got.v == server.registry.served["door"].v
+    # `fleet server run` as a user starts it; SIGTERM stops it cleanly.
+    proc = subprocess.Popen([sys.executable, "-m", "fleet.cli", "server", "run", "--devices", str(devices),
+                             "--state", str(tmp_path / "cli.sqlite"), "--broker", broker.url, "--home", "t-cli"],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        while "config server" not in (line := await asyncio.to_thread(proc.stderr.readline)):
+            assert line, "fleet server run ended before it was up"
+        async with NodeSide(BrokerSettings(broker.url, "t-cli"), "room") as node:
+            assert (await node.request()).order[-1] == "lamp"
+    finally:
+        proc.terminate()
+        assert await asyncio.to_thread(proc.wait, 10) == 0
+
+
+async def _ask_until_answered(node: NodeSide) -> Received:
+    while True:  # as a node does: ask, and ask again when no answer comes
+        await node.ask()
+        try:
+            return await node.receive(timeout=1.0)
+        except TimeoutError:
+            continue
