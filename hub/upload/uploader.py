@@ -26,6 +26,7 @@ from hub.upload.queue import Item, Queue
 from hub.upload.transfer import Transfer, sha256_of
 
 TARGET_TYPES = ("sftp", "https")
+DROPS = 3  # broken transfers in a row after which a target counts as out of reach
 CHECKPOINT_EVERY = 0.25  # seconds between offset checkpoints (SQLite commits): bounds what a crash re-sends
 
 
@@ -179,35 +180,55 @@ class Uploader:
     async def _worker(self, name: str) -> None:
         target = self.targets[name]
         backoff = self.retry_first
+        drops = 0  # transfers in a row whose connection broke
         while True:
             item = self._next(name)
             if item is None:
                 await target.close()  # idle: no connection held open
                 await self._sleep(name, self._next_skip_delay())
                 continue
-            probe = self.when_reachable.get(name)
             epoch = self._epoch
             try:
-                if probe and not await can_connect(probe):
-                    raise UploadError(name, f"{probe[0]}:{probe[1]} does not answer (when_reachable)", False)
-                await target.open()
-                self._set_reachable(name, True)
-                if await self._upload(target, item):
-                    backoff = self.retry_first
+                await self._connect(target)
             except UploadError as exc:
-                if exc.reachable:  # this file failed on a working target: retry it later, go on
-                    self.queue.failed(item.id, str(exc))
-                    self._skip[item.id] = time.monotonic() + backoff
-                    self.log.warning("%s (retry in %.0f s)", exc, backoff)
-                else:
-                    if self.reachable[name] is not False:
-                        self.log.warning("%s; retrying with backoff", exc)
-                    await target.close()
-                    if epoch != self._epoch:
-                        continue  # flushed meanwhile: try again at once, this failure is stale
-                    self._set_reachable(name, False)
-                    await self._sleep(name, backoff)
+                # unreachable, or a server we must not trust (host key, certificate) or that refuses us:
+                # either way nothing can go there now; the files wait
+                if self.reachable[name] is not False:
+                    self.log.warning("%s; retrying with backoff", exc)
+                await target.close()
+                if epoch != self._epoch:
+                    continue  # flushed meanwhile: try again at once, this failure is stale
+                self._set_reachable(name, False)
+                await self._sleep(name, backoff)
                 backoff = min(backoff * 2, self.retry_max)
+                continue
+            self._set_reachable(name, True)
+            try:
+                await self._upload(target, item)
+                backoff, drops = self.retry_first, 0
+            except UploadError as exc:
+                if not exc.reachable:
+                    # the link broke mid-file: reconnect at once (a glitch), but after DROPS in a row the
+                    # target counts as out of reach (a server that hangs up on us), with backoff
+                    await target.close()
+                    self.log.warning("%s", exc)
+                    drops += 1
+                    if drops >= DROPS and epoch == self._epoch:
+                        self._set_reachable(name, False)
+                        await self._sleep(name, backoff)
+                        backoff = min(backoff * 2, self.retry_max)
+                    continue
+                # this file failed on a working target: retry it after its own backoff, go on with others
+                self.queue.failed(item.id, str(exc))
+                delay = min(self.retry_first * 2 ** min(item.attempts, 16), self.retry_max)
+                self._skip[item.id] = time.monotonic() + delay
+                self.log.warning("%s (retry in %.0f s)", exc, delay)
+
+    async def _connect(self, target: Target) -> None:
+        probe = self.when_reachable.get(target.name)
+        if probe and not await can_connect(probe):
+            raise UploadError(target.name, f"{probe[0]}:{probe[1]} does not answer (when_reachable)", False)
+        await target.open()
 
     def _next(self, name: str) -> Item | None:
         now = time.monotonic()
