@@ -63,8 +63,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if args.check:
         print(f"{cfg.path}: hub {cfg.id}, jobs: {', '.join(cfg.jobs) or 'none'}")
-        for name, why in cfg.failed.items():
-            print(f"  {name}: will not run: {why}")
+        for name in cfg.jobs:
+            if name in cfg.failed:
+                print(f"  job {name}: will not run: {cfg.failed[name]}")
+                continue
+            cls = cfg.classes[name]
+            print(f"  job {name}: actions: {', '.join(cls.ACTIONS) or '-'}; events: {', '.join(cls.EVENTS) or '-'}")
         for rule in cfg.rules(settings.home):
             print(f"  rule {rule.name}: {rule.mode}, {len(rule.steps)} steps")
         return 0
