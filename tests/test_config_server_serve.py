@@ -318,3 +318,23 @@ async def _ask_until_answered(node: NodeSide) -> Received:
             return await node.receive(timeout=1.0)
         except TimeoutError:
             continue
+
+
+async def test_serves_under_the_fleet_acl(mosquitto_factory: Any, tmp_path: Path, devices: Path) -> None:
+    """With the password and ACL files of `fleet broker credentials`, as the server's own user."""
+    from fleet.security import SERVER_USER, Credentials
+
+    home = "t-acl"
+    creds = Credentials(home, nodes=["door"])
+    creds.ensure()
+    (tmp_path / "passwd").write_text(creds.password_file())
+    (tmp_path / "acl").write_text(creds.acl_file())
+    broker = mosquitto_factory(password_file=str(tmp_path / "passwd"), acl_file=str(tmp_path / "acl"))
+    base = BrokerSettings(broker.url, home)
+    server_settings = base.with_user(SERVER_USER, creds.passwords[SERVER_USER])
+    async with ConfigServer(server_settings, options(tmp_path, devices)) as server, \
+            NodeSide(base.with_user("door", creds.passwords["door"]), "door") as node:
+        got = await node.request()
+        await node.ack(got.v, "accepted")
+        await node.client.publish(topics.log(home, "error", "door"), "+1.0s bell: stuck")
+        await until(lambda: server.counters.acks == 1 and server.counters.logs == 1)
