@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from config_server.pieces import Reassembler, Received, parse_version
+from config_server.pieces import Reassembler, Received, parse_version, signature
 from config_server.server import ConfigServer, ServerOptions
 from config_server.state import State
 from fleet import topics
@@ -338,3 +338,17 @@ async def test_serves_under_the_fleet_acl(mosquitto_factory: Any, tmp_path: Path
         await node.ack(got.v, "accepted")
         await node.client.publish(topics.log(home, "error", "door"), "+1.0s bell: stuck")
         await until(lambda: server.counters.acks == 1 and server.counters.logs == 1)
+
+
+async def test_signed_configs_for_devices_with_a_key(settings: BrokerSettings, tmp_path: Path, devices: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    key = bytes(range(32))
+    (keys / "room.key").write_text(key.hex())
+    opts = options(tmp_path, devices)
+    opts.keys = keys
+    async with ConfigServer(settings, opts) as server, NodeSide(settings, "room") as room, \
+            NodeSide(settings, "door") as door:
+        got = await room.request()
+        assert got.sig == signature(key, "room", got.v, server.registry.served["room"].assembled)
+        assert (await door.request()).sig is None  # no key, no signature
