@@ -104,7 +104,7 @@ class PowerJob(Job):
             elif key == "sim_ignition" and value not in ("ON", "OFF"):
                 issues.append(doc.issue(at, "expected ON or OFF"))
         pins = [section.get(k, DEFAULTS[k]) for k in ("ignition_pin", "latch_pin")]
-        if not issues and pins[0] == pins[1]:
+        if isinstance(pins[0], int) and pins[0] == pins[1]:
             issues.append(doc.issue((*path, "latch_pin"), "the latch and the ignition need pins of their own"))
         return issues
 
