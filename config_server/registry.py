@@ -15,6 +15,7 @@ from config_server.declarations import Library
 from config_server.devicefile import Checked, DeviceConfig, DocCache, device_id_of, is_device_file, read_device
 from config_server.pieces import Assembled, assemble, version
 from config_server.state import State
+from fleet.errors import ConfigIssue, Position
 
 log = logging.getLogger("config_server.registry")
 
@@ -104,7 +105,13 @@ class Registry:
             old = self._stamps.get(device)
             if not force and old is not None and all(_stamp(p, stat_cache) == s for p, s in old.items()):
                 continue
-            change = self._read(device, path)
+            try:
+                change = self._read(device, path)
+            except Exception as e:  # a fault of the reader: this device keeps its last version, the rest go on
+                log.exception("%s: reading %s failed", device, path)
+                self.checked[device] = Checked(device, path, None, [ConfigIssue(Position(str(path), 1, 1), "",
+                                               f"internal error while reading: {e!r}")], [], [path])
+                change = Change(device, "invalid", self.served.get(device), self.checked[device])
             self._stamps[device] = {p: _stamp(p, stat_cache) for p in self._watched(device, change.checked)}
             if change.kind != "same":
                 changes.append(change)

@@ -207,6 +207,10 @@ class ConfigServer:
                 self._drop(topic, "not a topic the config server handles")
         except _Malformed as e:
             self._drop(topic, str(e))
+        except Exception:
+            # A fault of ours (or of the state file) on one message must not end the message loop.
+            self.counters.dropped += 1
+            log.exception("dropped a message on %s: failed to handle it", topic)
 
     def _drop(self, topic: str, reason: str) -> None:
         self.counters.dropped += 1
@@ -364,9 +368,12 @@ class ConfigServer:
         """Re-reads changed device files; the lease holder pushes new versions to online devices."""
         while True:
             await asyncio.sleep(self.options.poll)
-            changes = self.registry.scan()
-            if changes:
-                self._on_changes(changes)
+            try:
+                changes = self.registry.scan()
+                if changes:
+                    self._on_changes(changes)
+            except Exception:
+                log.exception("scanning %s failed; trying again", self.registry.folder)
 
     def _on_changes(self, changes: list[Change]) -> None:
         self._note_errors(c.device for c in changes)
@@ -388,7 +395,11 @@ class ConfigServer:
             self._flush()
             if time.monotonic() - pruned > 3600:
                 pruned = time.monotonic()
-                dropped = self.state.prune_logs(self.options.log_max_age, self.options.log_max_bytes)
+                try:
+                    dropped = self.state.prune_logs(self.options.log_max_age, self.options.log_max_bytes)
+                except Exception as e:
+                    log.error("state %s: pruning logs failed: %s", self.options.state, e)
+                    continue
                 if dropped:
                     log.info("pruned %d old log lines", dropped)
 
