@@ -19,6 +19,7 @@ import asyncio
 import itertools
 import json
 import logging
+import os
 import resource
 import tempfile
 import time
@@ -94,6 +95,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="video seconds per unpaced run")
     parser.add_argument("--paced", type=float, default=20.0, help="seconds of each paced recording")
     args = parser.parse_args()
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"load average before: {load} (the machine is shared: wall-clock figures depend on it)")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         print("-- real-time factor (unpaced, 2 s segments)")
