@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ast
 import io
+import os
 import re
 import tokenize
 from dataclasses import dataclass, field
@@ -122,19 +123,33 @@ class Library:
         self.base = base
         self._modules: dict[Path, tuple[int, _Module]] = {}
         self._decls: dict[tuple[str, str], Declaration | DeclarationError] = {}
+        self._last_stamp: frozenset[tuple[str, int]] | None = None
 
     def refresh(self) -> bool:
-        """Forget whatever was read if a file it came from has changed since; True when something had."""
-        for path, (mtime, _) in list(self._modules.items()):
+        """Forget everything read if a source file of the library was added, changed or removed since the
+        last call; True when something was (then every device deserves a new check)."""
+        stamp = self._stamp()
+        if stamp == self._last_stamp:
+            return False
+        self._last_stamp = stamp
+        self._modules.clear()
+        self._decls.clear()
+        return True
+
+    def _stamp(self) -> frozenset[tuple[str, int]]:
+        found: set[tuple[str, int]] = set()
+        folders = [self.root / self.package, self.root / self.base[0].split(".")[0]]
+        while folders:
             try:
-                changed = path.stat().st_mtime_ns != mtime
+                entries = list(os.scandir(folders.pop()))
             except OSError:
-                changed = True
-            if changed:
-                self._modules.clear()
-                self._decls.clear()
-                return True
-        return False
+                continue
+            for e in entries:
+                if e.is_dir() and not e.name.startswith((".", "_")):
+                    folders.append(Path(e.path))
+                elif e.name.endswith(".py"):
+                    found.add((e.path, e.stat().st_mtime_ns))
+        return frozenset(found)
 
     def module_name(self, package: str) -> str:
         """`.sensors.bme280` -> `components.sensors.bme280`; other names stay as they are."""

@@ -4,6 +4,7 @@ for the declaration reader (never run); the examples are checked against the rea
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -282,3 +283,23 @@ def test_pieces_split_sign_and_reassemble(tmp_path: Path) -> None:
     assert whole is not None and whole.v == v and whole.sig == sig
     assert whole.order == config.order and whole.components == config.components
     assert whole.digest == assembled.digest
+
+
+def test_registry_rechecks_devices_when_the_library_changes(tmp_path: Path) -> None:
+    from config_server.registry import Registry
+
+    root = tmp_path / "lib"
+    shutil.copytree(DATA, root)
+    write(tmp_path, "devices/attic.hjson", """
+        components: {
+          _order: ["gizmo"]
+          gizmo: {package: ".machine.gizmo", component: "Gizmo", constructor_args: {pin: 4}}
+        }
+    """)
+    registry = Registry(tmp_path / "devices", Library(root))
+    [change] = registry.scan()
+    assert change.kind == "invalid" and "no component module components.machine.gizmo" in str(change.checked.issues[0])
+    assert registry.scan() == []  # nothing changed, nothing re-read
+    (root / "components/machine/gizmo.py").write_text("class Gizmo:\n    def __init__(self, pin):\n        pass\n")
+    [change] = registry.scan()
+    assert change.kind == "new" and change.served is not None and change.served.counter == 1
