@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/config_server_storm.py [--devices 1000] [--max 1024]
 
-Starts a Mosquitto and `fleet server run` (a process of its own, so its CPU time is its own), writes N
+Starts a Mosquitto and `fleet server run` (a process of its own, so its CPU time is its own; with
+`--servers 2`, two of them sharing the requests through `$share`), writes N
 device files (10 components each, a shared include), connects N lightweight clients, then has all of
 them request at the same moment. Each client is the node's side of docs/PROTOCOL.md section 4 on a bare
 asyncio MQTT 3.1.1 connection (a few dozen lines below; 1,000 full paho clients would measure paho,
@@ -160,17 +161,19 @@ async def storm(args: argparse.Namespace, work: Path) -> None:
     home = "bench"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     profile = ["-m", "cProfile", "-o", args.profile] if args.profile else []
-    server = subprocess.Popen(
+    servers = [subprocess.Popen(
         [sys.executable, *profile, "-m", "fleet.cli", "server", "run", "--devices", str(folder), "--state",
-         str(work / "state.sqlite"), "--broker", broker.url, "--home", home, "--server-id", "bench"],
-        env=env, stderr=(work / "server.log").open("w"), text=True)
+         str(work / "state.sqlite"), "--broker", broker.url, "--home", home, "--server-id", f"bench{k}"],
+        env=env, stderr=(work / f"server{k}.log").open("w"), text=True) for k in range(args.servers)]
     try:
         started = time.perf_counter()
-        line = ""
-        while "config server" not in line:  # "config server bench: N devices …" once it is connected
-            await asyncio.sleep(0.05)
-            line = (work / "server.log").read_text()
-        print(f"server up with {args.devices} devices in {time.perf_counter() - started:.2f} s: {line.strip()}")
+        for k in range(args.servers):
+            line = ""
+            while "config server" not in line:  # "config server bench0: N devices …" once it is connected
+                await asyncio.sleep(0.05)
+                line = (work / f"server{k}.log").read_text()
+        print(f"{args.servers} server process(es) up with {args.devices} devices in "
+              f"{time.perf_counter() - started:.2f} s")
         nodes = [BareNode(broker.host, broker.port, home, d, args.max) for d in ids]
         for i in range(0, len(nodes), 100):
             await asyncio.gather(*(n.connect() for n in nodes[i : i + 100]))
@@ -178,28 +181,32 @@ async def storm(args: argparse.Namespace, work: Path) -> None:
         go = asyncio.Event()
         tasks = [asyncio.create_task(n.run(go), name=f"bench-{n.device}") for n in nodes]
         await asyncio.sleep(0.5)
-        cpu0, broker0, own0 = cpu_seconds(server.pid), cpu_seconds(broker.proc.pid), time.process_time()
+        cpu0 = [cpu_seconds(p.pid) for p in servers]
+        broker0, own0 = cpu_seconds(broker.proc.pid), time.process_time()
         t0 = time.perf_counter()
         go.set()
         await asyncio.wait_for(asyncio.gather(*tasks), 120)
         total = time.perf_counter() - t0
         await asyncio.sleep(0.3)  # the acks
-        cpu = cpu_seconds(server.pid) - cpu0
+        cpu = [cpu_seconds(p.pid) - c for p, c in zip(servers, cpu0, strict=True)]
         broker_cpu, own_cpu = cpu_seconds(broker.proc.pid) - broker0, time.process_time() - own0
         latencies = sorted((n.configured - n.asked) * 1000 for n in nodes)
         p99 = latencies[int(len(latencies) * 0.99) - 1]
         print(f"boot storm: {len(nodes)} devices × 10 components (max {args.max} B pieces): all configured in "
               f"{total:.2f} s; latency p50 {statistics.median(latencies):.0f} ms, p99 {p99:.0f} ms, "
-              f"max {latencies[-1]:.0f} ms; server CPU {cpu:.2f} s ({cpu / total * 100:.0f} % of one core); "
+              f"max {latencies[-1]:.0f} ms; server CPU {' + '.join(f'{c:.2f}' for c in cpu)} s "
+              f"({sum(cpu) / total * 100:.0f} % of one core); "
               f"Mosquitto CPU {broker_cpu:.2f} s, the clients' {own_cpu:.2f} s")
         for n in nodes:
             n.writer.close()
     except BaseException:
-        print((work / "server.log").read_text()[-3000:], file=sys.stderr)
+        print((work / "server0.log").read_text()[-3000:], file=sys.stderr)
         raise
     finally:
-        server.send_signal(signal.SIGINT)  # a clean stop (cProfile writes its stats then)
-        server.wait(20)
+        for p in servers:
+            p.send_signal(signal.SIGINT)  # a clean stop (cProfile writes its stats then)
+        for p in servers:
+            p.wait(20)
         broker.close()
 
 
@@ -207,6 +214,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=1000)
     parser.add_argument("--max", type=int, default=1024, help="the nodes' largest piece (bytes)")
+    parser.add_argument("--servers", type=int, default=1, help="server processes sharing the work ($share)")
     parser.add_argument("--profile", metavar="FILE", help="run the server under cProfile, write its stats here")
     args = parser.parse_args()
     # Each client is a socket, and Mosquitto (started from here) inherits the limit too.
