@@ -138,9 +138,11 @@ class VirtualNode:
             if rc == RESET:
                 backoff = 1.0
                 continue
-            backoff = 1.0 if loop.time() - started > 30 else min(backoff * 2, 30.0)
+            if loop.time() - started > 30:
+                backoff = 1.0  # it ran a while: this crash is not part of a crash loop
             self._line(f"[vnode] crashed: boot again in {backoff:.0f} s")
             await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
         return 0
 
     def mark(self) -> int:

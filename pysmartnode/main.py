@@ -25,6 +25,8 @@ async def _main(settings):
         os.remove("last_error.txt")
     except OSError:
         pass
+    for b in settings.bad:
+        _l.error(b)
     if settings.ignored:
         _l.warning("server settings ignored: %s" % ", ".join(settings.ignored))
     if not pysmartnode.VIRTUAL:
@@ -33,9 +35,12 @@ async def _main(settings):
     watchdog.start(settings.watchdog)
     if pysmartnode.VIRTUAL:
         from pysmartnode import virtual
-        n = virtual.load_board()
-        if n:
-            _l.info("virtual board: %d chip models" % n)
+        try:
+            n = virtual.load_board()
+            if n:
+                _l.info("virtual board: %d chip models" % n)
+        except Exception as e:  # a broken board.json: the node runs without its chips
+            _l.exception(e, "board.json")
     await node.start()
     gc.collect()
     names, spec, node.source = sources.load()
@@ -60,10 +65,14 @@ async def _main(settings):
     return node.reset_requested
 
 
-def reset():
+def reset(crashed=False):
     if pysmartnode.VIRTUAL:
-        sys.exit(3)  # node.RESET: `fleet node run` starts the VM again, as a board would boot
+        # node.RESET asks `fleet node run` for a boot at once; after a crash it waits (1 s, doubling)
+        sys.exit(1 if crashed else 3)
     import machine
+    if crashed:
+        import time
+        time.sleep(2)  # a node that crashes at boot does not hammer the broker
     machine.reset()
 
 
@@ -84,4 +93,4 @@ def run():
             pass
         if s.debug_stop_after_execution:
             return
-        reset()
+        reset(True)

@@ -53,13 +53,22 @@ def _broker_url(vals, url):
 
 def load(server_file="config.cur/_settings.json"):
     vals = dict(DEFAULTS)
+    bad = []  # logged once logging runs: a wrong setting falls back to its default, never stops the node
     try:
         import config  # the device's config.py
         for k in DEFAULTS:
             if hasattr(config, k):
-                vals[k] = getattr(config, k)
+                v = getattr(config, k)
+                d = DEFAULTS[k]
+                if d is not None and v is not None and type(v) is not type(d) and \
+                        not (isinstance(d, (int, float)) and isinstance(v, (int, float)) and not isinstance(v, bool)):
+                    bad.append("config.py: %s = %r is not a %s, using %r" % (k, v, type(d).__name__, d))
+                else:
+                    vals[k] = v
     except ImportError:
         pass
+    except Exception as e:  # a config.py that does not even run: the defaults hold
+        bad.append("config.py: %s: %s" % (type(e).__name__, e))
     if VIRTUAL:
         import os
         url = os.getenv("FLEET_BROKER")
@@ -72,6 +81,7 @@ def load(server_file="config.cur/_settings.json"):
     for k, v in vals.items():
         setattr(s, k.lower(), v)
     s.ignored = []  # server setting keys that were refused
+    s.bad = bad
     s.platform = platform
     try:
         with open(server_file) as f:
