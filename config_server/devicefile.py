@@ -60,9 +60,6 @@ class Checked:
     def ok(self) -> bool:
         return not self.issues
 
-    def error(self) -> ConfigError:
-        return ConfigError(list(self.issues))
-
 
 DocCache = dict[Path, tuple[int, int, Document]]
 

@@ -40,9 +40,6 @@ class Assembled:
     def size(self) -> int:
         return sum(len(b) for _, b in self.bodies)
 
-    def joined(self) -> bytes:
-        return b"".join(b for _, b in self.bodies)
-
 
 def assemble(config: DeviceConfig) -> Assembled:
     bodies = [("_settings", compact(config.settings)), ("_order", compact(config.order))]

@@ -2,7 +2,7 @@
 status, info and logs (docs/PROTOCOL.md sections 4 and 7).
 
     async with ConfigServer(settings, ServerOptions(devices=Path("devices"), state=…)) as server:
-        await server.wait_closed()
+        await stop.wait()  # serving meanwhile; leaving the block stops it cleanly
 
 Several processes may run on one machine with the same state file: requests, acks and logs reach one of
 them each through an MQTT 5 shared subscription, and only the holder of the `pusher` lease in the state
@@ -97,7 +97,6 @@ class ConfigServer:
         self._dirty: dict[str, dict[str, Any]] = {}
         self._unknown: dict[str, int] = {}
         self._logs: list[tuple[float, str, str, str]] = []
-        self._closed = asyncio.Event()
         self._presence = f"{self.home}/config/server/{options.server_id}"
 
     async def __aenter__(self) -> ConfigServer:
@@ -120,6 +119,7 @@ class ConfigServer:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        log.info("stopping %s: %s", self.options.server_id, self.counters)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -134,10 +134,6 @@ class ConfigServer:
         with contextlib.suppress(Exception):  # a state file gone with its folder: nothing left to release
             self.state.release_lease(LEASE, self.options.server_id)
         self.state.close()
-        self._closed.set()
-
-    async def wait_closed(self) -> None:
-        await self._closed.wait()
 
     # The link to the broker
 
