@@ -133,7 +133,9 @@ class CameraJob(Job):
         await self.hub.announce("switch", "camera", {
             "name": "Dashcam recording", "state_topic": self.hub.topic("camera"),
             "command_topic": self.hub.topic("camera", "set"), "payload_on": "start", "payload_off": "stop",
-            "value_template": "{{ 'ON' if value_json.state == 'recording' else 'OFF' }}", "icon": "mdi:cctv"})
+            # HA compares the state with payload_on/off unless state_on/off are given
+            "value_template": "{{ 'ON' if value_json.state == 'recording' else 'OFF' }}", "state_on": "ON",
+            "state_off": "OFF", "icon": "mdi:cctv"})
         await self.hub.announce("button", "camera_clip", {
             "name": "Dashcam clip", "command_topic": self.hub.topic("camera", "set"), "payload_press": "clip"})
         filters = [self.hub.topic("camera", "set"), self.hub.topic("upload", "done"), self.hub.topic("ignition")]
