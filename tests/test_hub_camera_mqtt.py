@@ -208,10 +208,15 @@ async def test_through_the_hub_service(settings: BrokerSettings, home: str, tmp_
     hard_limit: "2G"
   }
 }"""
-    async with Watch(settings, f"{home}/{HUB}/camera", f"{home}/{HUB}/camera/segment", f"{home}/{HUB}/jobs") as w:
+    async with Watch(settings, f"{home}/{HUB}/camera", f"{home}/{HUB}/camera/segment", f"{home}/{HUB}/jobs",
+                     f"homeassistant/+/{HUB}/+/config") as w:
         cam = Camera(w, home)
         async with running_hub(text, settings, tmp_path):
             await cam.state("idle")
+            # homeassistant/… is shared by every test's hub "car": find ours by its topics
+            switch = await w.wait(lambda s: s.topic == f"homeassistant/switch/{HUB}/camera/config"
+                                  and s.json()["command_topic"] == cam.set_topic, 5, "HA switch")
+            assert (switch.json()["payload_on"], switch.json()["state_on"]) == ("start", "ON")
             at = await cam.command(json.dumps({"clip": 1}))
             await cam.state("recording", after=at, kind="clip")
             await cam.state("idle", after=at)
