@@ -18,7 +18,7 @@ except ImportError:  # CPython, for the unit tests
         return x
 
 try:
-    from time import ticks_diff, ticks_ms
+    from time import ticks_add, ticks_diff, ticks_ms
 except ImportError:  # CPython
     from time import monotonic
 
@@ -27,6 +27,9 @@ except ImportError:  # CPython
 
     def ticks_diff(a, b):
         return a - b
+
+    def ticks_add(a, b):
+        return a + b
 
 try:
     _sleep_ms = asyncio.sleep_ms
@@ -222,12 +225,13 @@ class MQTTClient:
         self._max = max_packet
         self._on_connect = on_connect
         self._logf = log or _print_log
-        self._ack_s = ack_timeout
+        self._ack_ms = int(ack_timeout * 1000)
         self._conn_s = connect_timeout
         self._backoff_min = int(backoff_min * 1000)
         self._backoff_max = int(backoff_max * 1000)
         self._rbuf = bytearray(_RBUF)
         self._rmv = memoryview(self._rbuf)
+        self._mv2 = self._rmv[:2]  # every packet starts with at least 2 bytes
         self._obuf = bytearray(_OBUF)
         self._omv = memoryview(self._obuf)
         self._abuf = bytearray(4)  # PUBACK
@@ -236,11 +240,13 @@ class MQTTClient:
         self._rxev = asyncio.Event()
         self._ready = asyncio.Event()  # connected, subscriptions restored, queue flushed
         self._down = asyncio.Event()  # the current link is gone
-        self._wlock = asyncio.Lock()
+        self._wbusy = False  # a task is writing a packet
+        self._wfree = asyncio.Event()  # set when it is done
+        self._recs = []  # ack records for reuse
         self._subs = {}  # filter -> qos: what we want
         self._confirmed = set()  # filters the broker acknowledged in the session it holds for us
         self._unsub_todo = set()  # unsubscribed while offline, still in the broker's session
-        self._pending = {}  # packet id -> [Event, result]: awaited acks, and ids of requeued QoS 1 messages
+        self._pending = {}  # packet id -> [Event, result, deadline]: awaited acks, ids of requeued messages
         self._pid = 0
         self._gen = 0  # counts connections, so a stale task cannot drop a newer link
         self._up = False
@@ -249,7 +255,8 @@ class MQTTClient:
         self._closed = False
         self._r = self._w = None
         self._rinto = False
-        self._task = self._rtask = self._ptask = None
+        self._sock = None
+        self._task = self._rtask = self._ptask = None  # keeper, reader, ticker
         self._last_rx = self._last_tx = self._last_ping = 0
         self._ever = False
         self._qdrops = 0
@@ -304,11 +311,15 @@ class MQTTClient:
             raise ValueError("invalid topic name %r" % topic)
         if isinstance(msg, str):
             msg = msg.encode()
-        entry = (topic, msg, bool(retain), 1 if qos else 0, 0)
+        retain = 1 if retain else 0
+        qos = 1 if qos else 0
         if not self._up or self._flushing or self._q.n:
-            self._enqueue(entry)
+            self._enqueue((topic, msg, retain, qos, 0))
             return False
-        return await self._publish_now(entry, True)
+        if not qos and await self._send(self._gen, _PUBLISH, topic, msg, 0, retain):
+            self.tx += 1  # the QoS 0 fast path: one coroutine frame less per message
+            return True
+        return await self._publish_now(topic, msg, retain, qos, 0, True)
 
     async def subscribe(self, topic, qos=1):
         """Subscribe now and after every reconnect. False when the broker refused or the link is down."""
@@ -354,8 +365,8 @@ class MQTTClient:
         gen = self._gen
         if self._up:
             if self._will:
-                await self._publish_now((self._will[0], b"offline", True, 1, 0), False)
-            await self._write(gen, _DISCONNECT)
+                await self._publish_now(self._will[0], b"offline", 1, 1, 0, False)
+            await self._send(gen, 0, _DISCONNECT)
         self._up = False
         if self._q.n:
             self._log("warning", "closed with %d messages still queued" % self._q.n)
@@ -391,9 +402,8 @@ class MQTTClient:
             gen = self._gen
             # The "mqtt-reader" task: started here after each CONNACK; ends when this link drops.
             self._rtask = _named(self._read_loop(gen), "mqtt-reader")
-            if self._keepalive:
-                # The "mqtt-pinger" task: started here after each CONNACK; ends when this link drops.
-                self._ptask = _named(self._ping_loop(gen), "mqtt-pinger")
+            # The "mqtt-ticker" task: started here after each CONNACK; ends when this link drops.
+            self._ptask = _named(self._tick_loop(gen), "mqtt-ticker")
             if await self._resume(gen, session):
                 self._ready.set()
                 if self._on_connect:
@@ -422,6 +432,7 @@ class MQTTClient:
             await w.drain()
             self._r = r
             self._rinto = hasattr(r, "readinto")
+            self._sock = getattr(r, "s", None)  # MicroPython's Stream: the non-blocking socket under it
             b = self._rbuf
             await asyncio.wait_for(self._fill(self._rmv[:4]), self._conn_s)
             if b[0] != _CONNACK or b[1] != 2:
@@ -442,7 +453,7 @@ class MQTTClient:
         """Say online, restore subscriptions, send what was queued. False when the link dropped meanwhile."""
         self._flushing = True
         try:
-            if self._will and not await self._publish_now((self._will[0], b"online", True, 1, 0), False):
+            if self._will and not await self._publish_now(self._will[0], b"online", 1, 1, 0, False):
                 return False
             if not session:
                 self._confirmed.clear()
@@ -458,7 +469,8 @@ class MQTTClient:
                 self._qdrops = 0
             q = self._q
             while q.n:
-                if not await self._publish_now(q.pop(), True):
+                e = q.pop()
+                if not await self._publish_now(e[0], e[1], e[2], e[3], e[4], True):
                     return False
             return True
         finally:
@@ -537,72 +549,84 @@ class MQTTClient:
                 self._pid = pid
                 return pid
 
-    async def _write(self, gen, a, b=None):
-        """Write one packet (a, then b); False when the link is gone. Never raises for link loss."""
-        async with self._wlock:
-            w = self._w
-            if gen != self._gen or not self._up or w is None:
-                return False
-            try:
+    async def _wait_writer(self):
+        while self._wbusy:
+            self._wfree.clear()
+            await self._wfree.wait()
+
+    async def _send(self, gen, kind, data, msg=None, qos=0, retain=0, dup=0, pid=0):
+        """Write one packet on link `gen`: a PUBLISH of topic `data`, a PUBACK of `pid`, or the
+        whole packet `data`. False when the link is gone; never raises for link loss. One coroutine
+        for all, and the packing in plain functions: each coroutine call costs a heap-allocated frame."""
+        if self._wbusy:
+            await self._wait_writer()
+        w = self._w
+        if gen != self._gen or not self._up or w is None:
+            return False
+        # A flag and an Event rather than asyncio.Lock (which allocates ~400 bytes per use). The
+        # packet is packed into the shared buffers only once the writer is ours.
+        self._wbusy = True
+        try:
+            if kind == _PUBLISH:
+                self._put_publish(w, data, msg, qos, retain, dup, pid)
+            elif kind == _PUBACK:
+                a = self._abuf
+                a[0] = _PUBACK
+                a[1] = 2
+                a[2] = pid >> 8
+                a[3] = pid & 0xFF
                 w.write(a)
-                if b:
-                    w.write(b)
+            else:
+                w.write(data)
+            if getattr(w, "out_buf", b"?"):  # CPython always drains; MicroPython when the socket took less
                 await w.drain()
-            except Exception as e:  # OSError on MicroPython, ConnectionError on CPython
-                self._drop(gen, "write failed: %s" % _why(e))
-                return False
+            else:
+                await _sleep_ms(0)  # drain would yield here too: other tasks get their turn
+        except Exception as e:  # OSError on MicroPython, ConnectionError on CPython
+            self._drop(gen, "write failed: %s" % _why(e))
+            return False
+        finally:
+            self._wbusy = False
+            self._wfree.set()
         self._last_tx = ticks_ms()
         return True
 
-    async def _send_publish(self, gen, topic, msg, qos, retain, dup, pid):
-        async with self._wlock:
-            w = self._w
-            if gen != self._gen or not self._up or w is None:
-                return False
-            o = self._obuf
-            tl = len(topic)
-            ml = len(msg)
-            o[0] = _PUBLISH | dup << 3 | qos << 1 | retain
-            i = put_length(o, 1, 2 + tl + (2 if qos else 0) + ml)
-            end = i + 2 + tl + (2 if qos else 0)
-            try:
-                if end > _OBUF:  # a very long topic: written piece by piece
-                    o[i] = tl >> 8
-                    o[i + 1] = tl & 0xFF
-                    w.write(self._omv[:i + 2])
-                    w.write(topic)
-                    if qos:
-                        o[0] = pid >> 8
-                        o[1] = pid & 0xFF
-                        w.write(self._omv[:2])
-                    w.write(msg)
-                else:
-                    o[i] = tl >> 8
-                    o[i + 1] = tl & 0xFF
-                    o[i + 2:i + 2 + tl] = topic
-                    if qos:
-                        o[end - 2] = pid >> 8
-                        o[end - 1] = pid & 0xFF
-                    if end + ml <= _OBUF:
-                        o[end:end + ml] = msg
-                        w.write(self._omv[:end + ml])
-                    else:
-                        w.write(self._omv[:end])
-                        w.write(msg)
-                await w.drain()
-            except Exception as e:
-                self._drop(gen, "write failed: %s" % _why(e))
-                return False
-        self._last_tx = ticks_ms()
-        return True
+    def _put_publish(self, w, topic, msg, qos, retain, dup, pid):
+        o = self._obuf
+        mv = self._omv
+        tl = len(topic)
+        ml = len(msg)
+        o[0] = _PUBLISH | dup << 3 | qos << 1 | retain
+        i = put_length(o, 1, 2 + tl + (2 if qos else 0) + ml)
+        o[i] = tl >> 8
+        o[i + 1] = tl & 0xFF
+        end = i + 2 + tl + (2 if qos else 0)
+        if end > _OBUF:  # a very long topic: written piece by piece
+            w.write(mv[:i + 2])
+            w.write(topic)
+            if qos:
+                o[0] = pid >> 8
+                o[1] = pid & 0xFF
+                w.write(mv[:2])
+            w.write(msg)
+            return
+        o[i + 2:i + 2 + tl] = topic
+        if qos:
+            o[end - 2] = pid >> 8
+            o[end - 1] = pid & 0xFF
+        if end + ml <= _OBUF:  # the whole packet in one write
+            o[end:end + ml] = msg
+            w.write(mv[:end + ml])
+        else:
+            w.write(mv[:end])
+            w.write(msg)
 
-    async def _publish_now(self, entry, requeue):
-        """Send one queued-format entry; QoS 1 waits for PUBACK, resending with DUP. On link loss the
-        entry goes back to the head of the queue (when `requeue`) and False is returned."""
-        topic, msg, retain, qos, pid = entry
+    async def _publish_now(self, topic, msg, retain, qos, pid, requeue):
+        """Send one message; QoS 1 waits for PUBACK, resending with DUP. On link loss the message goes
+        back to the head of the queue (when `requeue`) and False is returned."""
         gen = self._gen
         if not qos:
-            if await self._send_publish(gen, topic, msg, 0, retain, 0, 0):
+            if await self._send(gen, _PUBLISH, topic, msg, 0, retain):
                 self.tx += 1
                 return True
         else:
@@ -611,15 +635,16 @@ class MQTTClient:
                 pid = self._newpid()
             rec = self._pending.get(pid)
             if rec is None:
-                rec = self._pending[pid] = [asyncio.Event(), None]
+                rec = self._pending[pid] = self._rec()
             tries = 0
             while gen == self._gen and self._up:
                 rec[0].clear()
                 rec[1] = None
-                if not await self._send_publish(gen, topic, msg, 1, retain, dup, pid):
+                if not await self._send(gen, _PUBLISH, topic, msg, 1, retain, dup, pid):
                     break
                 if await self._wait_ack(rec):
                     self.tx += 1
+                    self._recs.append(rec)  # the reader took it out of _pending
                     return True
                 if gen != self._gen or not self._up:
                     break
@@ -629,32 +654,41 @@ class MQTTClient:
                     break
                 self._log("warning", "no PUBACK for packet %d on %s; resending" % (pid, topic.decode()))
                 dup = 1
-            entry = (topic, msg, retain, 1, pid)
         if requeue and not self._closing:
+            entry = (topic, msg, retain, qos, pid)
             if not self._q.push_front(entry):
                 self._lost(entry)
         elif pid:
             self._pending.pop(pid, None)
         return False
 
+    def _rec(self):
+        """An ack record [Event, result]: reused, because an Event per QoS 1 message adds up."""
+        if self._recs:
+            return self._recs.pop()
+        return [asyncio.Event(), None, None]  # event, result, deadline
+
     async def _wait_ack(self, rec):
+        """Wait for the ack of `rec` (the ticker ends the wait after ack_timeout); True when it came."""
         if rec[1] is None:
-            try:
-                await asyncio.wait_for(rec[0].wait(), self._ack_s)
-            except asyncio.TimeoutError:
-                pass
+            rec[2] = ticks_add(ticks_ms(), self._ack_ms)
+            await rec[0].wait()
+            rec[2] = None
         return rec[1] is not None
 
     async def _request(self, gen, kind, topic_filter, qos):
         """SUBSCRIBE or UNSUBSCRIBE one filter and wait for its ack. False on refusal or link loss."""
         pid = self._newpid()
-        rec = self._pending[pid] = [asyncio.Event(), None]
+        rec = self._pending[pid] = self._rec()
+        rec[0].clear()
+        rec[1] = None
         if kind == _SUBSCRIBE:
             pkt = subscribe_packet(pid, topic_filter, qos)
         else:
             pkt = unsubscribe_packet(pid, topic_filter)
-        ok = await self._write(gen, pkt) and await self._wait_ack(rec)
+        ok = await self._send(gen, 0, pkt) and await self._wait_ack(rec)
         self._pending.pop(pid, None)
+        self._recs.append(rec)
         if not ok:
             if gen == self._gen and self._up:
                 self._drop(gen, "no answer to %s %s" % ("SUBSCRIBE" if kind == _SUBSCRIBE else "UNSUBSCRIBE",
@@ -682,78 +716,99 @@ class MQTTClient:
         n = 0
         size = len(mv)
         while n < size:
-            k = await r.readinto(mv[n:])
+            k = await r.readinto(mv[n:] if n else mv)
             if k is None:  # TLS: a record is not complete yet
                 continue
             if not k:
                 raise EOFError("closed by the broker")
             n += k
 
-    async def _ping_loop(self, gen):
+    async def _tick_loop(self, gen):
+        # Ends ack waits that ran out of time (cheaper than asyncio.wait_for per QoS 1 message) and
+        # keeps the link alive: pings go out after keepalive/2 without traffic, and a broker silent
+        # for a whole keepalive is a dead link. Checked every <= keepalive/4, so a dead link is found
+        # at most 1.25 x keepalive after the broker's last byte.
         k = self._keepalive * 1000
         half = k // 2
-        step = min(max(k // 4, 500), 5000)
+        step = min(max(self._ack_ms // 4, 100), max(k // 4, 100) if k else 5000, 5000)
         while gen == self._gen and self._up:
             await _sleep_ms(step)
             now = ticks_ms()
+            for rec in self._pending.values():
+                if rec[2] is not None and ticks_diff(now, rec[2]) >= 0:
+                    rec[0].set()  # no result: the waiter resends or gives up
+            if not k:
+                continue
             idle = ticks_diff(now, self._last_rx)
             if idle > k:
-                # Pings go out after keepalive/2 of silence; checked every <= keepalive/4, so a dead
-                # link is found at most 1.25 x keepalive after the last byte from the broker.
                 self._drop(gen, "no answer from the broker for %d ms: dead link" % idle)
                 return
             if ticks_diff(now, self._last_ping) >= half and (
                     idle >= half or ticks_diff(now, self._last_tx) >= half):
                 self._last_ping = now
-                await self._write(gen, _PINGREQ)
+                await self._send(gen, 0, _PINGREQ)
+
+    def _take(self, mv):
+        """Read into mv what the socket holds already, without waiting (and without the stream's
+        coroutine, a heap-allocated frame per call). Returns the count, 0 when nothing is there."""
+        s = self._sock
+        if s is None:
+            return 0
+        k = s.readinto(mv)
+        if k is None:  # nothing yet (or a partial TLS record)
+            return 0
+        if not k:
+            raise EOFError("closed by the broker")
+        return k
 
     async def _read_loop(self, gen):
+        # One loop for every packet (a coroutine per packet would allocate a frame per packet).
+        b = self._rbuf
+        mv = self._rmv
         try:
             while gen == self._gen:
-                await self._read_packet(gen)
+                k = self._take(self._mv2)
+                if k < 2:
+                    await self._fill(mv[k:2])
+                kind = b[0]
+                d = b[1]
+                n = d & 0x7F
+                shift = 7
+                while d & 0x80:
+                    if shift > 21:
+                        raise ValueError("remaining length longer than 4 bytes")
+                    await self._fill(mv[:1])
+                    d = b[0]
+                    n += (d & 0x7F) << shift
+                    shift += 7
+                self._last_rx = ticks_ms()
+                if kind & 0xF0 == _PUBLISH:
+                    await self._read_publish(gen, kind, n)
+                    continue
+                if n > _RBUF:
+                    raise ValueError("packet type 0x%02x of %d bytes" % (kind, n))
+                if n:
+                    await self._fill(mv[:n])
+                if kind == _PUBACK or kind == _UNSUBACK or kind == _SUBACK:
+                    if n != 2 and not (kind == _SUBACK and n == 3):
+                        raise ValueError("ack type 0x%02x of %d bytes" % (kind, n))
+                    rec = self._pending.get(b[0] << 8 | b[1])
+                    if rec is not None and rec[1] is None:
+                        rec[1] = b[2] if kind == _SUBACK else 0
+                        rec[0].set()
+                        if kind == _PUBACK:
+                            self._pending.pop(b[0] << 8 | b[1])
+                elif kind == _PINGRESP and not n:
+                    pass
+                elif _PUBREC <= kind & 0xF0 <= _PUBCOMP:
+                    raise ValueError("QoS 2 packet type 0x%02x, but we never use QoS 2" % kind)
+                else:
+                    raise ValueError("unexpected packet type 0x%02x (%d bytes)" % (kind, n))
         except ValueError as e:  # UnicodeError is one too
             self.malformed += 1
             self._drop(gen, "malformed packet: %s" % e, "error")
         except Exception as e:
             self._drop(gen, "read failed: %s" % _why(e))
-
-    async def _read_packet(self, gen):
-        b = self._rbuf
-        mv = self._rmv
-        await self._fill(mv[:2])
-        kind = b[0]
-        d = b[1]
-        n = d & 0x7F
-        shift = 7
-        while d & 0x80:
-            if shift > 21:
-                raise ValueError("remaining length longer than 4 bytes")
-            await self._fill(mv[:1])
-            d = b[0]
-            n += (d & 0x7F) << shift
-            shift += 7
-        self._last_rx = ticks_ms()
-        if kind & 0xF0 == _PUBLISH:
-            return await self._read_publish(gen, kind, n)
-        if n > _RBUF:
-            raise ValueError("packet type 0x%02x of %d bytes" % (kind, n))
-        if n:
-            await self._fill(mv[:n])
-        if kind == _PUBACK or kind == _UNSUBACK or kind == _SUBACK:
-            if n != 2 and not (kind == _SUBACK and n == 3):
-                raise ValueError("ack type 0x%02x of %d bytes" % (kind, n))
-            rec = self._pending.get(b[0] << 8 | b[1])
-            if rec is not None and rec[1] is None:
-                rec[1] = b[2] if kind == _SUBACK else 0
-                rec[0].set()
-                if kind == _PUBACK:
-                    self._pending.pop(b[0] << 8 | b[1])
-        elif kind == _PINGRESP and not n:
-            pass
-        elif _PUBREC <= kind & 0xF0 <= _PUBCOMP:
-            raise ValueError("QoS 2 packet type 0x%02x, but we never use QoS 2" % kind)
-        else:
-            raise ValueError("unexpected packet type 0x%02x (%d bytes)" % (kind, n))
 
     async def _read_publish(self, gen, kind, n):
         qos = kind >> 1 & 3
@@ -766,7 +821,9 @@ class MQTTClient:
         pl = 2 if qos else 0
         pid = 0
         if n <= _RBUF:
-            await self._fill(mv[:n])
+            k = self._take(mv[:n])
+            if k < n:
+                await self._fill(mv[k:n])
             tl = b[0] << 8 | b[1]
             i = 2 + tl
             if not tl or i + pl > n:
@@ -792,8 +849,11 @@ class MQTTClient:
             self._log("error", "refused a QoS 2 message on %s: QoS 2 is not supported" % topic)
             return
         if qos:
-            await self._ack(gen, pid)
+            await self._send(gen, _PUBACK, None, pid=pid)
         self._deliver(topic, msg, bool(kind & 1))
+        # Let the consumer (and every other task) run before the next message: the socket may
+        # hold many, and reading them all at once would overflow the incoming queue.
+        await _sleep_ms(0)
 
     async def _skip(self, gen, qos, n):
         """Read an oversized PUBLISH in small chunks and forget it; acknowledge it so it is not resent."""
@@ -824,25 +884,7 @@ class MQTTClient:
         self.skipped += 1
         self._log("warning", "skipped a %d-byte message on %s: larger than max_packet %d" % (n, topic, self._max))
         if qos == 1:
-            await self._ack(gen, pid)
-
-    async def _ack(self, gen, pid):
-        async with self._wlock:
-            w = self._w
-            if gen != self._gen or not self._up or w is None:
-                return
-            a = self._abuf
-            a[0] = _PUBACK
-            a[1] = 2
-            a[2] = pid >> 8
-            a[3] = pid & 0xFF
-            try:
-                w.write(a)
-                await w.drain()
-            except Exception as e:
-                self._drop(gen, "write failed: %s" % _why(e))
-                return
-        self._last_tx = ticks_ms()
+            await self._send(gen, _PUBACK, None, pid=pid)
 
     def _deliver(self, topic, msg, retained):
         for f in self._subs:
