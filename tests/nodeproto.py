@@ -186,6 +186,29 @@ class ThermoChip(Model):
 Model = ThermoChip
 
 
+class Counter(Component):
+    """For init_function / call_function_regularly: counts from `begin(start)` on, one per call."""
+
+    def __init__(self, name, **kw):
+        super().__init__(name, **kw)
+        self.n = None
+
+    def begin(self, start):
+        self.n = start
+
+    async def bump(self):
+        self.n += 1
+        await self.publish(self.n)
+
+
+async def probe(sensor, every=0.3):
+    """Logs what the sensor API returns: a value, or None when the read failed."""
+    from pysmartnode import log
+    while True:
+        log.get("probe").info("temperature %r" % (await sensor.temperature(publish=False),))
+        await asyncio.sleep(every)
+
+
 async def ticker(name, every=0.5):
     from pysmartnode import log
     n = 0

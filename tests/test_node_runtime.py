@@ -58,6 +58,7 @@ async def test_set_drives_virtual_relay_and_state_comes_back(start_node: StartNo
         assert f"{h}/{i}/relay1/set".encode() in line and b"expected ON, OFF or TOGGLE" in line
         await obs.publish(f"{h}/{i}/relay1/set", "TOGGLE")
         assert await obs.wait(f"{h}/{i}/relay1", start=m) == b"OFF"
+        assert not [t for t, _, _ in obs.msgs if t.startswith(f"{h}/log/debug/")]  # DEBUG is off
 
 
 async def test_state_restored_from_retained_topic_on_boot(start_node: StartNode, settings: BrokerSettings) -> None:
@@ -91,10 +92,13 @@ async def test_failing_components_leave_the_others_running(start_node: StartNode
 
 async def test_discovery_payloads_carry_required_keys(start_node: StartNode, settings: BrokerSettings) -> None:
     h, i = settings.home, f"n{settings.home[1:9]}"
-    cfg = {"_order": ["i2c", "thermo", "relay1"],
+    cfg = {"_order": ["i2c", "thermo", "relay1", "probe"],
            "i2c": {"package": "pysmartnode.hw", "component": "i2c", "constructor_args": {"scl": 5, "sda": 4}},
-           "thermo": {"package": "parts", "component": "Thermo", "constructor_args": {"i2c": "i2c", "interval": 1}},
-           "relay1": {"package": "parts", "component": "Relay", "constructor_args": {"pin": 12}}}
+           "thermo": {"package": "parts", "component": "Thermo",
+                      "constructor_args": {"i2c": "i2c", "interval": 1, "offset": {"temperature": -0.5},
+                                           "precision": {"humidity": 0}}},
+           "relay1": {"package": "parts", "component": "Relay", "constructor_args": {"pin": 12}},
+           "probe": {"package": "parts", "component": "probe", "constructor_args": ["thermo"]}}
     board = {"models": [{"model": "thermochip", "module": "parts", "bus": "i2c", "address": "0x44",
                          "temperature": 21.5}]}
     async with Observer(settings) as obs:
@@ -116,15 +120,17 @@ async def test_discovery_payloads_carry_required_keys(start_node: StartNode, set
         assert hum["unique_id"] == f"{i}_thermo_humidity"
         # the reading, then a failing chip: an error logged, nothing published, then back
         reading = await obs.wait_json(f"{h}/{i}/thermo")
-        assert reading == {"temperature": 21.5, "humidity": 50.0}
+        assert reading == {"temperature": 21.0, "humidity": 50}  # offset -0.5; humidity to 0 decimals
+        await obs.wait(f"{h}/log/info/{i}", lambda p: p.endswith(b"probe: temperature 21.0"))
         await obs.publish(f"{h}/_sim/{i}/thermochip-0x44/set", json.dumps({"fail": "nack", "temperature": 30}))
         m = obs.mark()
         await obs.wait(f"{h}/log/error/{i}", lambda p: b"thermo: read failed: OSError" in p, start=m)
         m = obs.mark()
         await obs.wait(f"{h}/log/error/{i}", lambda p: b"thermo: read failed" in p, start=m)
         assert not [x for x in obs.msgs[m:] if x[0] == f"{h}/{i}/thermo"]
+        await obs.wait(f"{h}/log/info/{i}", lambda p: p.endswith(b"probe: temperature None"), start=m)
         await obs.publish(f"{h}/_sim/{i}/thermochip-0x44/set", json.dumps({"fail": None}))
-        assert (await obs.wait_json(f"{h}/{i}/thermo", start=m))["temperature"] == 30.0
+        assert (await obs.wait_json(f"{h}/{i}/thermo", start=m))["temperature"] == 29.5
         # HA comes back online: discovery is sent again
         m = obs.mark()
         await obs.publish("homeassistant/status", "online")
@@ -169,3 +175,18 @@ async def test_logs_buffered_offline_arrive_on_reconnect(start_node: StartNode, 
         await obs.wait(f"{home}/log/info/{vn.id}", lambda p: p.endswith(f"tick: tick {offline}".encode()), timeout=20)
         line = await obs.wait(f"{home}/log/info/{vn.id}")
         assert line[:4].isdigit() and line[4:5] == b"-"  # ISO time first
+
+
+async def test_loader_extras_and_debug_lines(start_node: StartNode, settings: BrokerSettings) -> None:
+    h, i = settings.home, f"n{settings.home[1:9]}"
+    cfg = {"_order": ["count"],
+           "count": {"package": "parts", "component": "Counter", "init_function": "begin", "init_args": [40],
+                     "call_function_regularly": "bump", "call_interval": 0.3}}
+    async with Observer(settings) as obs:
+        await start_node({"components.json": cfg, "config.py": "DEBUG = True\nINFO_INTERVAL = 1\n"})
+        await obs.wait(f"{h}/{i}/count", lambda p: p == b"41")
+        await obs.wait(f"{h}/{i}/count", lambda p: p == b"43")
+        await obs.wait(f"{h}/log/debug/{i}", lambda p: p.endswith(b"loader: loaded count"))
+        m = obs.mark()  # info is republished every INFO_INTERVAL
+        await obs.wait(f"{h}/{i}/info", start=m, timeout=5)
+        await obs.wait(f"{h}/{i}/info", start=obs.mark(), timeout=5)
