@@ -106,4 +106,4 @@ def test_virtual_parts(upy: Callable[..., MicroPython], tmp_path: Path) -> None:
     assert "unknown input 'pressure'" in r["unknown_input"] and "no virtual part" in r["unknown_part"]
     assert r["roms"] == ["28aa000000000001", "28ff4a1c33160456"]
     assert r["ow_read"] == [30, 30] and r["skip_rom_reached"] == [True, True] and r["crc"] == 0
-    assert r["dht"] == [20.0, 55.0] and r["no_dht"] == "OSError 110"
+    assert r["dht"] == [20.0, 55.0] and r["no_dht"] == "OSError [Errno 110] ETIMEDOUT"
