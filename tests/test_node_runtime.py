@@ -170,6 +170,9 @@ async def test_logs_buffered_offline_arrive_on_reconnect(start_node: StartNode, 
     await vn.wait_for(r"tick (\d+)", start=mark)
     offline = int((await vn.wait_for(r"tick (\d+)", start=vn.mark()))[1])
     await vn.wait_for(f"tick {offline + 2}")
+    # start the broker just after a failed attempt: the node's next one is >= 750 ms away, time enough
+    # for the observer to subscribe before the buffered lines go out
+    await vn.wait_for(r"reconnecting in ([89]\d\d|\d{4,}) ms", start=vn.mark(), timeout=30)
     broker.start()
     async with Observer(s, f"{home}/log/#") as obs:
         await obs.wait(f"{home}/log/info/{vn.id}", lambda p: p.endswith(f"tick: tick {offline}".encode()), timeout=20)
