@@ -204,10 +204,11 @@ class _Link:
                     del self.count[f], self.qos[f]
                     gone.append(f)
             client = self.client
-            if client is not None:
-                with contextlib.suppress(aiomqtt.MqttError, BrokerError):
-                    for f in gone:
-                        await client.client.unsubscribe(f)
+            if client is not None and gone and not self.service._stopping.is_set():  # else the link closes anyway
+                with contextlib.suppress(aiomqtt.MqttError, BrokerError, TimeoutError):
+                    async with asyncio.timeout(2):  # a link flooded with messages must not hold a job up
+                        for f in gone:
+                            await client.client.unsubscribe(f)
 
     async def _subscribe(self, client: FleetClient, topic_filter: str, qos: int) -> None:
         """Subscribe with an MQTT 5 subscription identifier: Mosquitto 2 sends a client one copy of a message
@@ -468,6 +469,7 @@ class HubService:
             self._start_jobs()
             await self._stopping.wait()
         finally:
+            self._stopping.set()
             await self._stop_jobs()
             await self._goodbye()
             self._running = False
