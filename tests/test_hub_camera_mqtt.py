@@ -172,7 +172,7 @@ async def test_recovery_at_start_and_uploaded_segments_leave_first(settings: Bro
             assert recovered.json()["path"] == str(part) and recovered.json()["seq"] == 99
             check_announced(recovered.json())
             assert not list(folder.glob("*" + PART))
-            await cam.state("idle")
+            await cam.state("idle", after=recovered.at)  # this job's first state: it listens now
             done = f"{home}/{HUB}/upload/done"
             await w.publish(done, "not json")
             await w.publish(done, json.dumps({"size": 3}))

@@ -169,6 +169,8 @@ class Recorder:
 
     async def send(self, line: str) -> None:
         assert self.proc is not None and self.proc.stdin is not None
+        if self.proc.stdin.is_closing():
+            return  # stopping: later commands have nothing to act on
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # it exited: events() tells why
             self.proc.stdin.write(line.encode() + b"\n")
             await self.proc.stdin.drain()
@@ -192,8 +194,8 @@ class Recorder:
         proc = self.proc
         if proc is None or proc.returncode is not None:
             return
-        await self.send("stop")
-        if proc.stdin is not None:
+        if proc.stdin is not None and not proc.stdin.is_closing():  # not asked already
+            await self.send("stop")
             proc.stdin.close()
         try:
             await asyncio.wait_for(proc.wait(), timeout)
