@@ -29,7 +29,8 @@ def hub_process(hub_hjson: str, home: str = "bench") -> Iterator[tuple[Mosquitto
         work = Path(tmp)
         (work / "hub.hjson").write_text(hub_hjson.replace("WORKDIR", str(work / "data")))
         # As the hub's own broker: packets go out at once (see hub.service._no_delay).
-        with Mosquitto(work / "mosquitto", extra=["set_tcp_nodelay true"]) as broker:
+        # $SYS every second: the benches read the broker's own count of dropped messages.
+        with Mosquitto(work / "mosquitto", extra=["set_tcp_nodelay true", "sys_interval 1"]) as broker:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "fleet.cli", "hub", "run", "--config", str(work / "hub.hjson"),
                  "--broker", broker.url, "--home", home],
