@@ -267,10 +267,10 @@ async def test_a_recorder_that_cannot_open_its_camera_fails_the_run(settings: Br
         # Started here; ends by itself when the recorder fails.
         run = asyncio.create_task(job.run(), name="test-camera-job")
         await cam.state("idle")
-        await cam.command("start")
+        at = await cam.command("start")
         with pytest.raises(RecorderError, match="video9"):
             await asyncio.wait_for(run, 15)
-        await cam.state("idle")
+        await cam.state("idle", after=at)  # said before the run ended
         job = CameraJob(hub, {**CONF, "backend": "picamera2"})
         with pytest.raises(ImportError, match="picamera2"):  # not on this machine: said at once
             await job.run()
