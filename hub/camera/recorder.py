@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import queue
 import sys
@@ -95,8 +96,10 @@ class Session:
         elif verb == "clip":
             try:
                 seconds = float(arg)
+                if not 0 < seconds < math.inf:
+                    raise ValueError(arg)
             except ValueError:
-                log.warning("ignored %r: clip takes seconds", command)
+                log.warning("ignored %r: clip takes a number of seconds", command)
                 return True
             if self.mode != "clip":
                 self.resume_loop = self.mode == "loop"
