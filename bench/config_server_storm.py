@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from config_server.pieces import Reassembler
 from fleet import topics
 from fleet.broker import Mosquitto
+from tests.fakebroker import mqtt_length, mqtt_str, publish_packet
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -68,24 +69,11 @@ def write_registry(folder: Path, n: int) -> list[str]:
     return ids
 
 
-# A bare MQTT 3.1.1 client: just what a node needs for the exchange.
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _str(s: str | bytes) -> bytes:
-    b = s.encode() if isinstance(s, str) else s
-    return len(b).to_bytes(2, "big") + b
-
+# A bare MQTT 3.1.1 client: just what a node needs for the exchange (the packet helpers are the test
+# fake broker's).
 
 def _packet(kind: int, body: bytes) -> bytes:
-    return bytes([kind]) + _varint(len(body)) + body
+    return bytes([kind]) + mqtt_length(len(body)) + body
 
 
 class BareNode:
@@ -99,20 +87,21 @@ class BareNode:
 
     async def connect(self) -> None:
         self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        self.writer.write(_packet(0x10, _str("MQTT") + bytes([4, 0x02]) + (120).to_bytes(2, "big")
-                                  + _str(f"bench-{self.device}")))
+        self.writer.write(_packet(0x10, mqtt_str("MQTT") + bytes([4, 0x02]) + (120).to_bytes(2, "big")
+                                  + mqtt_str(f"bench-{self.device}")))
         head = await self.reader.readexactly(4)
         if head[0] != 0x20 or head[3] != 0:
             raise RuntimeError(f"{self.device}: CONNACK {head!r}")
-        self.writer.write(_packet(0x82, self._next_pid() + _str(topics.config_reply(self.home, self.device)) + b"\x01"))
+        reply = topics.config_reply(self.home, self.device)
+        self.writer.write(_packet(0x82, self._next_pid().to_bytes(2, "big") + mqtt_str(reply) + b"\x01"))
         await self._read()  # SUBACK
 
-    def _next_pid(self) -> bytes:
+    def _next_pid(self) -> int:
         self.pid = self.pid % 65535 + 1
-        return self.pid.to_bytes(2, "big")
+        return self.pid
 
     def publish(self, topic: str, payload: bytes) -> None:
-        self.writer.write(_packet(0x32, _str(topic) + self._next_pid() + payload))
+        self.writer.write(publish_packet(topic, payload, qos=1, pid=self._next_pid()))
 
     async def _read(self) -> tuple[int, bytes]:
         first = (await self.reader.readexactly(1))[0]
