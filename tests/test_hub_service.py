@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -163,3 +164,23 @@ async def test_reload_keeps_running_on_a_bad_file(settings: BrokerSettings, tmp_
         await w.publish(f"{home}/t3/cmd/set", "reload")
         await w.wait(lambda s: s.topic == f"{home}/t3/jobs" and json.loads(s.payload).get("rules", {}).get(
             "state") == "running", what="rules running after reload")
+
+
+@pytest.mark.slow
+async def test_subscriptions_and_state_survive_a_broker_restart(
+        mosquitto_factory: Callable[..., Mosquitto], home: str, tmp_path: Path) -> None:
+    broker = mosquitto_factory()
+    settings = BrokerSettings(broker.url, home)
+    text = """
+    id: t4
+    jobs: ["rules"]
+    rules: { ping: { on: { topic: "{home}/ping" }, do: [ { publish: "{home}/pong", payload: "1" } ] } }
+    """
+    async with running_hub(text, settings, tmp_path) as hub:
+        broker.restart()  # same port; every client is cut off
+        async with Watch(settings, f"{home}/t4/status", f"{home}/pong") as w:
+            await w.wait(lambda s: s.payload == "online", timeout=15, what="online again")
+            await hub.wait_connected(15)
+            await w.publish(f"{home}/ping", "x")
+            await w.wait(lambda s: s.topic == f"{home}/pong", what="the rule still reacts")
+        assert hub.info()["reconnects"] == 1 and hub.states["rules"]["restarts"] == 0
