@@ -382,8 +382,12 @@ class RulesJob(Job):
                 # Started by a trigger; ends when its steps are done or a cancel event cancels it.
                 task = asyncio.create_task(self._run(rule, n, topic), name=f"rule-{rule.name}-{n}")
                 self._running[rule.name] = task
-                task.add_done_callback(lambda t, name=rule.name: self._running.pop(name, None)
-                                       if self._running.get(name) is t else None)
+                task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        for name, running in list(self._running.items()):
+            if running is task:
+                del self._running[name]
 
     def _hit(self, conditions: tuple[Condition, ...], topic: str, payload: bytes) -> bool:
         for cond in conditions:
