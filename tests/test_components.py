@@ -123,7 +123,9 @@ async def running(broker: BrokerSettings, fs: Path, node_id: str, files: dict[st
     async with Observer(broker, f"{broker.home}/#", *filters) as obs, \
             VirtualNode(make_fs(fs, files), node_id, broker, heap="512K") as vn:
         await vn.wait_for(r"main: running", timeout=20)
-        yield Rig(vn, broker.home), obs
+        rig = Rig(vn, broker.home)
+        await obs.wait(rig.topic("info"), timeout=20)  # sent once subscribed: commands are heard from here on
+        yield rig, obs
 
 
 def payloads(obs: Observer, topic: str, start: int = 0) -> list[bytes]:
@@ -319,6 +321,10 @@ async def test_button_press_and_long_press(full: tuple[Rig, Observer]) -> None:
     node, obs = full
     await obs.wait(node.topic("btn"), lambda p: p == b"OFF")
     m = obs.mark()
+    await obs.publish(node.sim("pin0/set"), "0")  # a bounce: shorter than the debounce time
+    await obs.publish(node.sim("pin0/set"), "1")
+    await asyncio.sleep(0.2)
+    assert payloads(obs, node.topic("btn"), m) == []
     await obs.publish(node.sim("pin0/set"), "0")  # pulled up, pressed = 0
     await obs.wait(node.topic("btn"), lambda p: p == b"ON", start=m)
     await asyncio.sleep(0.15)
@@ -346,10 +352,13 @@ async def test_led_blinks_and_stops(full: tuple[Rig, Observer]) -> None:
     await obs.publish(node.topic("led/set"), "OFF")
     await obs.wait(node.topic("led"), lambda p: p == b"OFF", start=m)
     await asyncio.sleep(0.3)
-    assert payloads(obs, node.sim("pin2/level"), obs.mark() - 1)[-1:] in ([b"0"], [])
     m2 = obs.mark()
     await asyncio.sleep(0.3)
     assert payloads(obs, node.sim("pin2/level"), m2) == []  # the pattern stopped
+    assert payloads(obs, node.sim("pin2/level"))[-1] == b"0"  # dark
+    await obs.publish(node.topic("led/set"), "disco")
+    err = await obs.wait(node.log("error"), lambda p: b"led/set" in p, start=m)
+    assert b"blink, fast, heartbeat" in err
 
 
 async def test_pwm_light_brightness(full: tuple[Rig, Observer]) -> None:
@@ -363,6 +372,10 @@ async def test_pwm_light_brightness(full: tuple[Rig, Observer]) -> None:
     await obs.publish(node.topic("strip/set"), "OFF")
     await obs.wait(node.topic("strip"), lambda p: json.loads(p) == {"state": "OFF", "brightness": 255}, start=m)
     await obs.wait(node.sim("pwm15/duty"), lambda p: p == b"0", start=m)
+    m = obs.mark()
+    await obs.publish(node.topic("strip/set"), "128")  # a bare brightness switches on
+    await obs.wait(node.topic("strip"), lambda p: json.loads(p) == {"state": "ON", "brightness": 128}, start=m)
+    await obs.wait(node.sim("pwm15/duty"), lambda p: p == b"32896", start=m)
     m = obs.mark()
     await obs.publish(node.topic("strip/set"), '{"brightness": 999}')
     await obs.wait(node.log("error"), lambda p: b"strip/set" in p and b"brightness must be 0-255" in p, start=m)
@@ -385,6 +398,12 @@ async def test_buzzer_plays_a_melody(full: tuple[Rig, Observer]) -> None:
 async def test_thermostat_follows_the_bme280(full: tuple[Rig, Observer]) -> None:
     """A virtual BME280 and a virtual relay: the relay follows the temperature set on the model."""
     node, obs = full
+    await obs.wait(node.topic("thermo"))  # it controls once the states are restored: the relay's boot is over
+    m = obs.mark()
+    await obs.publish(node.topic("thermo/set"), "off")  # from a known state: off, and the heater with it
+    await obs.wait(node.topic("thermo"), lambda p: json.loads(p)["action"] == "off", start=m)
+    await obs.publish(node.topic("heater/set"), "OFF")
+    await obs.wait(node.topic("heater"), lambda p: p == b"OFF", start=m)
     m = obs.mark()
     await obs.publish(node.topic("thermo/set"), '{"mode": "heat", "target": 21}')
     await obs.publish(node.sim("bme280-0x76/set"), '{"temperature": 17.0}')
@@ -409,6 +428,22 @@ async def test_thermostat_follows_the_bme280(full: tuple[Rig, Observer]) -> None
     await obs.wait(node.log("error"), lambda p: b"thermo/set" in p and b"target" in p, start=m)
     await obs.publish(node.topic("thermo/set"), "off")
     await obs.wait(node.topic("heater"), lambda p: p == b"OFF", start=m)
+
+
+async def test_states_come_back_after_a_restart(full: tuple[Rig, Observer]) -> None:
+    node, obs = full
+    m = obs.mark()
+    await obs.publish(node.topic("thermo/set"), '{"mode": "cool", "target": 19.5}')
+    await obs.wait(node.topic("thermo"), lambda p: json.loads(p)["mode"] == "cool", start=m)
+    await obs.publish(node.topic("lamp/set"), "ON")
+    await obs.wait(node.topic("lamp"), lambda p: p == b"ON", start=m)
+    booted = node.vn.mark()
+    await obs.publish(node.topic("cmd/set"), "restart")
+    await node.vn.wait_for(r"main: running", timeout=20, start=booted)
+    m = obs.mark()
+    await obs.wait(node.topic("thermo"), lambda p: json.loads(p)["mode"] == "cool" and json.loads(p)["target"] == 19.5,
+                   start=m)
+    await obs.wait(node.sim("pin12/level"), lambda p: p == b"1", start=m)  # the lamp is on again
 
 
 # --- failure paths -----------------------------------------------------------------------------------------
@@ -464,3 +499,14 @@ async def test_thermostat_fails_safe(faulty: tuple[Rig, Observer]) -> None:
     await obs.wait(node.topic("cooler"), lambda p: p == b"OFF", start=m)
     await obs.publish(node.sim("bme280-0x76/set"), '{"fail": null}')
     await obs.wait(node.topic("cooler"), lambda p: p == b"ON", start=m)
+
+
+@pytest.mark.slow
+async def test_thermostat_runs_without_a_broker(tmp_path: Path) -> None:
+    """No broker at all: after waiting 10 s for its retained state the thermostat controls on its own."""
+    from fleet.broker import free_port
+    dead = BrokerSettings(f"mqtt://127.0.0.1:{free_port()}", f"c{uuid.uuid4().hex[:8]}")
+    files = node_files({k: FULL[k] for k in ("i2c", "bme", "heater", "thermo")})
+    async with VirtualNode(make_fs(tmp_path / "fs", files), "alone", dead, heap="512K") as vn:
+        await vn.wait_for(r"thermo: no broker within 10 s", timeout=20)
+        await vn.wait_for(r"thermo: heater on at 1[78]\.\d+ °C \(target 21\.0\)", timeout=5)

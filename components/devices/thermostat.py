@@ -24,7 +24,10 @@ State: `{"mode": "heat", "target": 21.0, "current": 20.3, "action": "heating"}` 
 A sensor reading that fails switches the output off (fail safe) and logs an error.
 """
 
+import asyncio
 import json
+
+from micropython import const
 
 from pysmartnode.component import Component
 
@@ -32,6 +35,7 @@ __version__ = "1.0.0"
 
 MODES = ("heat", "cool", "off")
 _MIN, _MAX = 5.0, 35.0
+_RESTORE_S = const(10)
 
 
 class Thermostat(Component):
@@ -61,9 +65,9 @@ class Thermostat(Component):
         self.mode = mode
         self.current = None
         self.action = "off" if mode == "off" else "idle"
+        self._interval = interval
         Component.__init__(self, name, **kwargs)
         self.start(self._boot)
-        self.start(self.step, every=interval)
 
     @staticmethod
     def _target(t):
@@ -72,12 +76,18 @@ class Thermostat(Component):
         return float(t)
 
     async def _boot(self):
-        old = await self.restore_state()
+        try:  # a thermostat must work without the broker too: wait for the retained state only so long
+            old = await asyncio.wait_for(self.restore_state(), _RESTORE_S)
+        except asyncio.TimeoutError:
+            old = None
+            self.log.warning("no broker within %d s: running with the configured mode and target" % _RESTORE_S)
         if old is not None:
             try:
                 self._apply(json.loads(old), True)
             except (ValueError, TypeError, AttributeError) as e:
                 self.log.warning("retained state %r not taken: %s" % (old[:60], e))
+        # control only from here on: a step before the restore would overwrite the retained state
+        self.start(self.step, every=self._interval)
 
     def _apply(self, cmd, restoring=False):
         if isinstance(cmd, dict):

@@ -67,7 +67,7 @@ class LED(Component):
 
     async def pattern(self, name):
         if name not in PATTERNS:
-            raise ValueError("unknown pattern %r (%s)" % (name, ", ".join(PATTERNS)))
+            raise ValueError("unknown pattern %r (%s)" % (name, ", ".join(sorted(PATTERNS))))
         self._stop()
         self.effect = name
         self.state = True
@@ -97,6 +97,5 @@ class LED(Component):
             await self.flash()
         elif cmd in _NAMES:
             await self.pattern(cmd.decode())
-        else:
-            self.log.error("%s: unknown command %r (ON, OFF, TOGGLE, flash, %s)"
-                           % (self.command_topic, bytes(msg)[:40], ", ".join(PATTERNS)))
+        else:  # raising: the node logs it with the topic and drops it
+            raise ValueError("unknown command (ON, OFF, TOGGLE, flash, %s)" % ", ".join(sorted(PATTERNS)))

@@ -74,5 +74,5 @@ class Switch(Component):
             await self.set(cmd == b"ON")
         elif cmd == b"TOGGLE":
             await self.toggle()
-        else:
-            self.log.error("%s: unknown command %r (ON, OFF, TOGGLE)" % (self.command_topic, bytes(msg)[:40]))
+        else:  # raising: the node logs it with the topic and drops it
+            raise ValueError("unknown command (ON, OFF, TOGGLE)")
