@@ -352,3 +352,16 @@ async def test_signed_configs_for_devices_with_a_key(settings: BrokerSettings, t
         got = await room.request()
         assert got.sig == signature(key, "room", got.v, server.registry.served["room"].assembled)
         assert (await door.request()).sig is None  # no key, no signature
+
+
+@pytest.mark.slow
+async def test_serves_on_the_embedded_broker(embedded_broker: Any, tmp_path: Path, devices: Path) -> None:
+    """MQTT 3.1.1 only (amqtt): plain subscriptions instead of `$share`, the same exchange. Slow: amqtt
+    never answers an MQTT 5 CONNECT that carries a Will, so FleetClient falls back only after its 10 s
+    connect timeout."""
+    settings = BrokerSettings(embedded_broker.url, "t-embedded")
+    async with ConfigServer(settings, options(tmp_path, devices)) as server, NodeSide(settings, "door") as node:
+        got = await node.request()
+        assert got.v == server.registry.served["door"].v
+        await node.ack(got.v, "applied")
+        await until(lambda: server.counters.acks == 1)
