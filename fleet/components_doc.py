@@ -75,6 +75,16 @@ def _sentence(doc: str, label: str, first: bool = False) -> str:
     return re.split(r"(?<=\.) (?=[A-Z])", text)[0] if first else text
 
 
+def _leading_comment(path: Path) -> list[str]:
+    lines = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        if line.strip("# "):
+            lines.append(line.lstrip("# ").strip())
+    return lines
+
+
 def entries(lib: Library) -> list[Entry]:
     found = []
     for kind, _title in KINDS:
@@ -151,6 +161,14 @@ def render(lib: Library) -> str:
         name = f"`{e.package}` `{e.cls}`" + (" S" if e.sensor else "")
         out.append(f"| {name} | {'<br>'.join(_show(a) for a in own) or '—'} | {state.split(' Commands on')[0]} "
                    f"| {commands} | {ha} | {h} |")
+    out += ["", "## Virtual hardware", "",
+            "On the unix port the sensors above talk to chip models on the virtual buses "
+            "(`pysmartnode/virtual/models/`, placed by the virtual board's `board.json`, docs/NODE.md). A test "
+            "sets their inputs, or makes them fail, on `<home>/_sim/<id>/<model>/set` (docs/PROTOCOL.md "
+            "section 8).", ""]
+    for path in sorted((REPO / "pysmartnode" / "virtual" / "models").glob("*.py")):
+        if path.name != "__init__.py":
+            out += [f"- `{path.stem}`: " + " ".join(_leading_comment(path))]
     out += ["", "## Wiring and examples", ""]
     for kind, title in KINDS:
         out += [f"### {title}", ""]

@@ -36,3 +36,15 @@ class SensorModel(Model):
 
     def failing(self, kind):
         return self.inputs["fail"] == kind
+
+
+class I2CModel(SensorModel):
+    """A sensor on the I2C bus: a register access is, as on the wire, a write of the register address
+    (and the data) followed, for a read, by a read."""
+
+    def read_mem(self, reg, n):
+        self.write(bytes((reg,)))
+        return self.read(n)
+
+    def write_mem(self, reg, buf):
+        self.write(bytes((reg,)) + buf)

@@ -3,7 +3,8 @@
 # Registers as the chip has them: trimming parameters at 0x88-0xA1 and 0xE1-0xE7, chip id 0xD0 = 0x60,
 # reset 0xE0 (write 0xB6), ctrl_hum 0xF2, status 0xF3 (bit 3 measuring), ctrl_meas 0xF4, config 0xF5,
 # data 0xF7-0xFE (pressure and temperature 20 bits, humidity 16 bits; 0x80000 / 0x8000 when skipped).
-# A write is a register address followed by (value, address, value …) pairs; a read auto-increments.
+# A write is a register address followed by (value, address, value …) pairs (so a multi-byte
+# writeto_mem lands only its first byte where meant, as on the chip); a read auto-increments.
 #
 # Raw ADC values are found by searching the datasheet's floating-point compensation (section 8.1) for
 # the set point, so the driver's integer compensation (section 4.2.3) is checked against another formula.
@@ -15,7 +16,7 @@ import time
 
 from micropython import const
 
-from pysmartnode.virtual.models import SensorModel
+from pysmartnode.virtual.models import I2CModel
 
 _TRIM_TP = (27504, 26435, -1000, 36477, -10685, 3024, 2855, 140, -7, 15500, -14600, 6000)
 _H1, _H2, _H3, _H4, _H5, _H6 = 75, 362, 0, 313, 50, 30
@@ -68,11 +69,11 @@ def _solve(f, target, bits, rising):
     return lo
 
 
-class BME280(SensorModel):
+class BME280(I2CModel):
     defaults = {"temperature": 21.0, "humidity": 45.0, "pressure": 1013.25}
 
     def __init__(self, opts=None):
-        SensorModel.__init__(self, opts)
+        I2CModel.__init__(self, opts)
         self._regs = bytearray(256)
         self._regs[0x88:0xA0] = struct.pack("<Hhh" + "Hhhhhhhhh", *_TRIM_TP)
         self._regs[0xA1] = _H1
@@ -147,15 +148,6 @@ class BME280(SensorModel):
                     out[j] = _RESET_DATA[p + j - _DATA]
         self._ptr = (p + n) & 0xFF
         return bytes(out)
-
-    def read_mem(self, reg, n):
-        self.write(bytes((reg,)))
-        return self.read(n)
-
-    def write_mem(self, reg, buf):
-        # as on the wire: the chip reads (address, value) pairs, so only one byte lands where a driver
-        # that expects auto-increment on write wants it
-        self.write(bytes((reg,)) + buf)
 
 
 Model = BME280

@@ -1,5 +1,5 @@
 # Maxim DS18B20 one-wire thermometer, externally powered (datasheet 19-7487).
-# `pysmartnode.virtual.parts.OneWire` does the ROM layer (skip, match, scan); this model gets what
+# The virtual one-wire bus does the ROM layer (skip, match, scan); this model gets what
 # follows: function commands 0x44 convert, 0xBE read scratchpad (9 bytes, CRC-8 Maxim last), 0x4E write
 # scratchpad (TH, TL, config), 0x48 copy, 0xB8 recall, 0xB4 read power supply. The scratchpad holds
 # 85.0 °C until the first conversion ends, as the chip's power-on value does; a conversion takes 94,

@@ -7,7 +7,7 @@ import time
 
 from micropython import const
 
-from pysmartnode.virtual.models import SensorModel
+from pysmartnode.virtual.models import I2CModel
 
 _T_HOLD = const(0xE3)
 _RH_HOLD = const(0xE5)
@@ -31,11 +31,11 @@ def check_value(word):
     return v
 
 
-class HTU21D(SensorModel):
+class HTU21D(I2CModel):
     defaults = {"temperature": 21.0, "humidity": 45.0}
 
     def __init__(self, opts=None):
-        SensorModel.__init__(self, opts)
+        I2CModel.__init__(self, opts)
         self._user = _USER_DEFAULT
         self._out = b""
         self._ready = time.ticks_ms()
@@ -74,13 +74,6 @@ class HTU21D(SensorModel):
             raise OSError(19)  # ENODEV: still converting
         out = self._out[:n]
         return out + b"\xff" * (n - len(out))
-
-    def read_mem(self, reg, n):
-        self.write(bytes((reg,)))
-        return self.read(n)
-
-    def write_mem(self, reg, buf):
-        self.write(bytes((reg,)) + buf)
 
 
 Model = HTU21D
