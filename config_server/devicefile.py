@@ -261,6 +261,9 @@ class _Checker:
             if isinstance(components.get(cname), dict):
                 self.check_component(cname, components[cname], components, loaded)
             loaded.append(cname)
+        for cname, body in components.items():  # not in _order (an error already): checked all the same
+            if cname != "_order" and cname not in m.order and isinstance(body, dict):
+                self.check_component(cname, body, components, loaded)
         served = {k: v for k, v in components.items() if k in m.order}
         return DeviceConfig(self.device_id, name if isinstance(name, str) else self.device_id,
                             platform, settings, list(m.order), served, wifi, mqtt)

@@ -154,6 +154,8 @@ def test_every_error_reported_with_file_line_column(tmp_path: Path, lib: Library
         "devices/kitchen.hjson:37:57: thermo.constructor_args.target: expected float, got str \"warm\"",
         "devices/kitchen.hjson:40:5: relay2.package: no component module components.machine.rely"
         " (did you mean .machine.relay?)",
+        "devices/kitchen.hjson:45:5: stray.component: components.machine.relay has no 'Rellay'"
+        " (did you mean Relay?)",
     ]
 
 
@@ -257,7 +259,7 @@ def test_cli_validate_exit_codes(tmp_path: Path) -> None:
     bad = subprocess.run([*fleet, "--devices", "devices"], cwd=tmp_path, capture_output=True, text=True)
     assert bad.returncode == 1
     assert "devices/kitchen.hjson:21:7: htu.constructor_args.precison_temp: unknown argument" in bad.stdout
-    assert "1 device files: 0 valid, 1 with 12 errors" in bad.stderr
+    assert "1 device files: 0 valid, 1 with 13 errors" in bad.stderr
     good = subprocess.run([sys.executable, "-m", "fleet.cli", "server", "validate", "--devices",
                            str(REPO / "examples/devices")], capture_output=True, text=True)
     assert good.returncode == 0, good.stdout + good.stderr
