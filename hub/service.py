@@ -20,6 +20,8 @@ import contextvars
 import functools
 import json
 import logging
+import socket
+import ssl
 import threading
 import time
 import traceback
@@ -157,13 +159,48 @@ class _Inbox(asyncio.Queue):  # type: ignore[type-arg]
         self.dispatch(item)
 
 
+class _BufferedSocket:
+    """The bulk link's socket as paho sees it, read 64 KiB at a time: paho reads a packet in three or more
+    `recv` calls, and aiomqtt's reader calls paho again while `pending()` reports buffered bytes. The
+    socket is read once per reader callback (the second read in one callback says "nothing more"), so
+    a steady stream cannot keep the callback, and the loop, busy."""
+
+    def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
+        self._sock = sock
+        self._loop = loop
+        self._buf = b""
+        self._at = 0
+        self._read = False  # the socket was read in this loop iteration
+
+    def recv(self, n: int) -> bytes:
+        if self._at >= len(self._buf):
+            if self._read:
+                raise BlockingIOError  # paho keeps its partial packet; the reader is called again
+            self._read = True
+            self._loop.call_soon(self._next_iteration)
+            self._buf, self._at = self._sock.recv(65536), 0  # BlockingIOError when empty, as paho expects
+        out = self._buf[self._at : self._at + n]
+        self._at += len(out)
+        return out
+
+    def _next_iteration(self) -> None:
+        self._read = False
+
+    def pending(self) -> int:
+        return len(self._buf) - self._at
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
 class _Link:
     """One MQTT connection of the hub, reconnected with backoff, and the readers of its subscriptions.
     Subscriptions outlive reconnections: the link subscribes again on every connect."""
 
     def __init__(self, service: HubService, name: str, protocols: tuple[aiomqtt.ProtocolVersion, ...],
-                 will: Will | None = None) -> None:
+                 will: Will | None = None, buffered: bool = False) -> None:
         self.service = service
+        self.buffered = buffered
         self.name = name
         self.protocols = protocols
         self.will = will
@@ -256,6 +293,11 @@ class _Link:
                                      protocols=self.protocols)
                 async with client:
                     self.client = client
+                    paho_client = getattr(client.client, "_client", None)  # aiomqtt keeps paho private
+                    sock = getattr(paho_client, "_sock", None)
+                    # Plain TCP only: TLS keeps bytes of its own that aiomqtt drains through pending().
+                    if self.buffered and isinstance(sock, socket.socket) and not isinstance(sock, ssl.SSLSocket):
+                        paho_client._sock = _BufferedSocket(sock, asyncio.get_running_loop())
                     for f, qos in list(self.qos.items()):
                         await self._subscribe(client, f, qos)
                     if on_connect is not None:
@@ -327,7 +369,7 @@ class HubService:
         self._main = _Link(self, "main", v5_first, Will(topics.status(self.home, self.id)))
         # Bulk subscriptions (the stats job's `#`) on a 3.1.1 connection of their own, started on first use:
         # paho decodes MQTT 5 properties on every message, which halves the rate it can take.
-        self._bulk = _Link(self, "bulk", (aiomqtt.ProtocolVersion.V311,))
+        self._bulk = _Link(self, "bulk", (aiomqtt.ProtocolVersion.V311,), buffered=True)
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()  # something to publish: job states or log lines
         self._jobs: dict[str, Job] = {}
