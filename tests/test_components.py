@@ -60,6 +60,9 @@ FULL = {
     "buzzer": spec(".devices.buzzer", "Buzzer", pin=25),
     "thermo": spec(".devices.thermostat", "Thermostat", sensor="bme", switch="heater", interval=0.5,
                    hysteresis=0.5),
+    # any sensor, any switch: a DS18B20 and a plain GPIO switch
+    "pump": spec(".machine.switch", "Switch", pin=26, restore=False),
+    "aqua": spec(".devices.thermostat", "Thermostat", sensor="water", switch="pump", target=24, interval=0.5),
 }
 
 FAULTY = {
@@ -169,12 +172,12 @@ async def faulty(mosquitto: Mosquitto, tmp_path_factory: pytest.TempPathFactory,
 # --- state, discovery -------------------------------------------------------------------------------------
 
 DISCOVERY = {
-    "switch": ["heater", "lamp", "led"], "binary_sensor": ["btn"], "light": ["strip"], "button": ["buzzer"],
-    "climate": ["thermo"],
+    "switch": ["heater", "lamp", "led", "pump"], "binary_sensor": ["btn"], "light": ["strip"], "button": ["buzzer"],
+    "climate": ["thermo", "aqua"],
     "sensor": ["htu_temperature", "htu_humidity", "bme_temperature", "bme_humidity", "bme_pressure", "water",
                "porch_temperature", "porch_humidity", "ram", "bat", "avg", "dlt", "stats_uptime", "stats_reconnects"],
 }
-COMMANDED = {"heater", "lamp", "led", "strip", "buzzer", "thermo"}
+COMMANDED = {"heater", "lamp", "led", "strip", "buzzer", "thermo", "pump", "aqua"}
 
 
 async def test_every_component_announces_itself(full: tuple[Rig, Observer]) -> None:
@@ -428,6 +431,18 @@ async def test_thermostat_follows_the_bme280(full: tuple[Rig, Observer]) -> None
     await obs.wait(node.log("error"), lambda p: b"thermo/set" in p and b"target" in p, start=m)
     await obs.publish(node.topic("thermo/set"), "off")
     await obs.wait(node.topic("heater"), lambda p: p == b"OFF", start=m)
+
+
+async def test_thermostat_takes_any_sensor_and_switch(full: tuple[Rig, Observer]) -> None:
+    node, obs = full
+    m = obs.mark()
+    await obs.publish(node.sim("ds18b20-28ff4a1c33160456/set"), '{"temperature": 20.0}')
+    await obs.wait(node.topic("pump"), lambda p: p == b"ON", start=m)  # below 24 - 0.5
+    await obs.wait(node.sim("pin26/level"), lambda p: p == b"1", start=m)
+    await obs.publish(node.sim("ds18b20-28ff4a1c33160456/set"), '{"temperature": 26.0}')
+    await obs.wait(node.topic("pump"), lambda p: p == b"OFF", start=m)
+    await obs.wait(node.topic("aqua"), lambda p: near("current", 26.0, 0.2)(p) and json.loads(p)["action"] == "idle",
+                   start=m)
 
 
 async def test_states_come_back_after_a_restart(full: tuple[Rig, Observer]) -> None:

@@ -39,7 +39,8 @@ _REG_CTRL_HUM = const(0xF2)
 _REG_STATUS = const(0xF3)
 _REG_CTRL_MEAS = const(0xF4)
 _REG_DATA = const(0xF7)
-_FORCED = const(0x25)  # ctrl_meas: temperature x1, pressure x1, forced mode
+_FORCED = b"\x25"  # ctrl_meas: temperature x1, pressure x1, forced mode
+_HUM_X1 = b"\x01"  # ctrl_hum: humidity x1; takes effect with the next ctrl_meas write
 
 
 def trimming(a, b):
@@ -109,8 +110,8 @@ class BME280(FilteredSensor):
             if self._trim is None:
                 self._setup()
             b, a = self._bus, self._addr
-            b.writeto_mem(a, _REG_CTRL_HUM, b"\x01")  # humidity x1; takes effect with ctrl_meas
-            b.writeto_mem(a, _REG_CTRL_MEAS, bytes((_FORCED,)))
+            b.writeto_mem(a, _REG_CTRL_HUM, _HUM_X1)
+            b.writeto_mem(a, _REG_CTRL_MEAS, _FORCED)
             await asyncio.sleep_ms(10)  # 9.3 ms at most for x1/x1/x1 (datasheet 9.1)
             for _ in range(10):
                 if not self._reg(_REG_STATUS, 1)[0] & 0x08:
