@@ -31,6 +31,9 @@ log = logging.getLogger("fleet.mqtt")
 
 DEFAULT_URL = "mqtt://127.0.0.1:1883"
 
+# Brokers (host, port) known to refuse or accept MQTT 5, learnt by FleetClient._refuses_v5.
+_V5_REFUSED: dict[tuple[str, int], bool] = {}
+
 
 @dataclass(frozen=True)
 class BrokerSettings:
@@ -140,17 +143,20 @@ class FleetClient:
     protocol: aiomqtt.ProtocolVersion | None = field(default=None, init=False)
     dropped_foreign: int = field(default=0, init=False)
 
-    def _make(self, protocol: aiomqtt.ProtocolVersion) -> aiomqtt.Client:
+    def _make(self, protocol: aiomqtt.ProtocolVersion, probe: bool = False) -> aiomqtt.Client:
+        """The aiomqtt client for `protocol`; a `probe` has its own id, a clean start and no Will."""
         s = self.settings
         will = None
-        if self.will:
+        if self.will and not probe:
             will = aiomqtt.Will(self.will.topic, self.will.payload, self.will.qos, self.will.retain)
         v5 = protocol == aiomqtt.ProtocolVersion.V5
+        clean = True if probe else self.clean_session
         return aiomqtt.Client(
-            s.host, s.port, username=s.username, password=s.password, identifier=self.client_id,
+            s.host, s.port, username=s.username, password=s.password,
+            identifier=f"{self.client_id}-probe" if probe else self.client_id,
             protocol=protocol, will=will, keepalive=self.keepalive, timeout=self.timeout,
-            clean_session=None if v5 else self.clean_session,
-            clean_start=self.clean_session if v5 else 3,
+            clean_session=None if v5 else clean,
+            clean_start=clean if v5 else 3,
             tls_context=s.tls_context(), max_queued_incoming_messages=self.max_queued_incoming,
             queue_type=self.queue_type,
             max_inflight_messages=self.max_inflight,
@@ -159,9 +165,29 @@ class FleetClient:
             socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
         )
 
+    async def _refuses_v5(self) -> bool:
+        """Whether the broker refuses MQTT 5, asked without a Will: amqtt refuses a plain MQTT 5
+        CONNECT at once but never answers one that carries a Will, which would cost a full timeout."""
+        key = (self.settings.host, self.settings.port)
+        if key not in _V5_REFUSED:
+            probe = self._make(aiomqtt.ProtocolVersion.V5, probe=True)
+            try:
+                await probe.__aenter__()
+            except aiomqtt.MqttCodeError as exc:
+                return exc.rc not in (4, 5, 134, 135) and _V5_REFUSED.setdefault(key, True)
+            except aiomqtt.MqttError:
+                return _V5_REFUSED.setdefault(key, True)
+            _V5_REFUSED[key] = False
+            with contextlib.suppress(aiomqtt.MqttError):
+                await probe.__aexit__(None, None, None)
+        return _V5_REFUSED[key]
+
     async def __aenter__(self) -> FleetClient:
         errors: list[str] = []
-        for protocol in self.protocols:
+        protocols = self.protocols
+        if self.will and aiomqtt.ProtocolVersion.V5 in protocols and len(protocols) > 1 and await self._refuses_v5():
+            protocols = tuple(p for p in protocols if p != aiomqtt.ProtocolVersion.V5)
+        for protocol in protocols:
             client = self._make(protocol)
             try:
                 await client.__aenter__()

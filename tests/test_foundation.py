@@ -7,13 +7,14 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from fleet import topics
 from fleet.broker import EmbeddedBroker, Mosquitto, free_port, wait_port
-from fleet.mqtt import BrokerSettings, FleetClient
+from fleet.mqtt import BrokerSettings, FleetClient, Will
 from fleet.upy import MicroPython
 
 REPO = Path(__file__).resolve().parent.parent
@@ -76,6 +77,15 @@ async def test_pubsub_on_embedded_broker(embedded_broker: EmbeddedBroker, home: 
     await pubsub_check(embedded_broker.url, home)
     async with FleetClient(BrokerSettings(embedded_broker.url, home)) as c:
         assert not c.is_v5  # amqtt knows only 3.1.1: the client fell back
+
+
+async def test_will_client_does_not_wait_out_amqtt(embedded_broker: EmbeddedBroker, home: str) -> None:
+    """amqtt never answers an MQTT 5 CONNECT that carries a Will: the client must not wait for it."""
+    s = BrokerSettings(embedded_broker.url, home)
+    t0 = time.monotonic()
+    async with FleetClient(s, "with-will", will=Will(topics.status(home, "w")), timeout=5) as c:
+        assert not c.is_v5
+    assert time.monotonic() - t0 < 5  # no timeout waited out
 
 
 async def test_foreign_messages_are_dropped(embedded_broker: EmbeddedBroker, home: str) -> None:
