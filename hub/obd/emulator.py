@@ -1,0 +1,65 @@
+"""The PyPI ELM327-emulator served on a free TCP port: the car of `fleet sim`, the OBD tests and the bench.
+
+`python -m elm -s car -n PORT -b FILE </dev/null` runs the emulator in batch mode on loopback
+(`-d` would write a global pidfile, so it is avoided). python-OBD reaches it as
+`socket://127.0.0.1:PORT` with `baudrate=38400` and `protocol="6"`. The process is stopped by its PID.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fleet.broker import free_port, wait_port
+
+
+@dataclass
+class Emulator:
+    """An ELM327 emulator process. `with Emulator(tmp) as elm: elm.url`; `stop()` then `start()` again
+    serves the same port, as a car that went away and came back."""
+
+    workdir: Path
+    scenario: str = "car"
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    @property
+    def url(self) -> str:
+        return f"socket://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> Emulator:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if not self.port:
+            self.port = free_port()
+        batch = self.workdir / f"elm-{self.port}.out"
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "elm", "-s", self.scenario, "-n", str(self.port), "-b", str(batch)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd=self.workdir, env=env, start_new_session=True)
+        wait_port("127.0.0.1", self.port, timeout, alive=lambda: self.proc is not None and self.proc.poll() is None)
+        return self
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+    def __enter__(self) -> Emulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
