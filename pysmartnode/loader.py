@@ -20,8 +20,13 @@ def resolve(spec):
     return mod, getattr(mod, spec["component"])
 
 
-def _arg(v, objects):
-    return objects[v] if isinstance(v, str) and v in objects else v
+def _arg(v, node):
+    if isinstance(v, str):
+        if v in node.objects:
+            return node.objects[v]
+        if v in node.failed:
+            raise ValueError("needs %s, which did not load" % v)
+    return v
 
 
 def load(names, get_spec, node):
@@ -39,11 +44,11 @@ def load(names, get_spec, node):
             args = spec.get("constructor_args") or {}
             is_comp = isinstance(obj, type) and issubclass(obj, Component)
             if isinstance(args, dict):
-                kw = {k: _arg(v, objects) for k, v in args.items()}
+                kw = {k: _arg(v, node) for k, v in args.items()}
                 pos = [name] if is_comp else []
             else:
                 kw = {}
-                pos = ([name] if is_comp else []) + [_arg(v, objects) for v in args]
+                pos = ([name] if is_comp else []) + [_arg(v, node) for v in args]
             made = obj(*pos, **kw)
             if _is_coro(made):  # a service: a coroutine function runs as a task, restarted if it fails
                 node.spawn(name, made, obj, None, pos, kw)
@@ -51,7 +56,7 @@ def load(names, get_spec, node):
             fn = spec.get("init_function")
             if fn:
                 f = getattr(made, fn)
-                ia = [_arg(v, objects) for v in spec.get("init_args", ())]
+                ia = [_arg(v, node) for v in spec.get("init_args", ())]
                 r = f(*ia)
                 if _is_coro(r):
                     node.spawn(name, r, f, None, ia)

@@ -4,6 +4,7 @@ hardware, discovery, error boundaries, logs, device commands."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -71,8 +72,9 @@ async def test_state_restored_from_retained_topic_on_boot(start_node: StartNode,
 
 async def test_failing_components_leave_the_others_running(start_node: StartNode, settings: BrokerSettings) -> None:
     h, i = settings.home, f"n{settings.home[1:9]}"
-    cfg = {"_order": ["bad", "ghost", "crashy", "relay1"],
+    cfg = {"_order": ["bad", "ghost", "crashy", "relay1", "dep"],
            "bad": {"package": "parts", "component": "Boom"},
+           "dep": {"package": "parts", "component": "Thermo", "constructor_args": {"i2c": "bad"}},
            "ghost": {"package": ".no_such_module", "component": "X"},
            "crashy": {"package": "parts", "component": "Crashy"},
            "relay1": {"package": "parts", "component": "Relay", "constructor_args": {"pin": 5}}}
@@ -81,6 +83,7 @@ async def test_failing_components_leave_the_others_running(start_node: StartNode
         info = await obs.wait_json(f"{h}/{i}/info", lambda d: "relay1" in d["components"])
         assert info["failed"]["bad"] == "RuntimeError: boom in constructor"
         assert "ImportError" in info["failed"]["ghost"]
+        assert info["failed"]["dep"] == "ValueError: needs bad, which did not load"
         assert set(info["components"]) == {"crashy", "relay1"}
         assert info["components"]["relay1"] == "1.2.0"
         await obs.wait(f"{h}/log/error/{i}", lambda p: b"crashy: crashed" in p and b"boom in loop" in p)
@@ -157,27 +160,32 @@ async def test_restart_command_boots_again(start_node: StartNode, settings: Brok
         await obs.wait(f"{h}/log/error/{i}", lambda p: b"unknown command 'explode'" in p, start=m)
 
 
+@pytest.mark.slow
 async def test_logs_buffered_offline_arrive_on_reconnect(start_node: StartNode, tmp_path: Path,
                                                          mosquitto_factory: Callable[..., Any], home: str) -> None:
     broker = mosquitto_factory()
     s = BrokerSettings(broker.url, home)
     cfg = {"_order": ["tick"], "tick": {"package": "parts", "component": "ticker",
                                          "constructor_args": {"name": "tick", "every": 0.4}}}
-    vn = await start_node({"components.json": cfg}, broker=s)
+    vn = await start_node({"components.json": cfg, "config.py": "LOG_BUFFER = 8\n"}, broker=s)
     await vn.wait_for("tick 2")
     broker.stop()
-    mark = vn.mark()
-    await vn.wait_for(r"tick (\d+)", start=mark)
-    offline = int((await vn.wait_for(r"tick (\d+)", start=vn.mark()))[1])
-    await vn.wait_for(f"tick {offline + 2}")
+    first = int((await vn.wait_for(r"tick (\d+)", start=vn.mark()))[1])  # logged offline
+    await vn.wait_for(f"tick {first + 9}")  # more lines than the buffer holds
     # start the broker just after a failed attempt: the node's next one is >= 750 ms away, time enough
     # for the observer to subscribe before the buffered lines go out
     await vn.wait_for(r"reconnecting in ([89]\d\d|\d{4,}) ms", start=vn.mark(), timeout=30)
     broker.start()
     async with Observer(s, f"{home}/log/#") as obs:
-        await obs.wait(f"{home}/log/info/{vn.id}", lambda p: p.endswith(f"tick: tick {offline}".encode()), timeout=20)
-        line = await obs.wait(f"{home}/log/info/{vn.id}")
-        assert line[:4].isdigit() and line[4:5] == b"-"  # ISO time first
+        await obs.wait(f"{home}/log/info/{vn.id}", lambda p: b"mqtt: connected" in p, timeout=30)
+        lines = [p for _, p, _ in obs.msgs]
+        dropped = next(p for p in lines if b"lines dropped while offline" in p)
+        assert int(re.search(rb"log: (\d+) lines dropped", dropped)[1]) >= 2
+        # the lines logged while offline came first, oldest dropped, the newest 8 kept, in order
+        before = [int(p.rsplit(b" ", 1)[1]) for p in lines[:lines.index(next(p for p in lines if b"connected" in p))]
+                  if b"tick: tick" in p]
+        assert len(before) >= 5 and before == sorted(before) and min(before) > first, before
+        assert lines[1][:4].isdigit() and lines[1][4:5] == b"-"  # ISO time first
 
 
 async def test_loader_extras_and_debug_lines(start_node: StartNode, settings: BrokerSettings) -> None:
