@@ -46,18 +46,32 @@ async def on_connect():
     print("ONCONNECT", c.reconnects, c.last_connect_ms, gc.mem_free())
 
 async def rate(label, n, qos):
+    topic = (pre + "/pub").encode()
     payload = b"x" * 32
     t0 = ticks_ms()
     for i in range(n):
-        await c.publish(pre + "/pub", payload, qos=qos)
+        await c.publish(topic, payload, qos=qos)
     print("RATE", label, n * 1000 // max(1, ticks_diff(ticks_ms(), t0)))
+    gc.collect()
+    gc.disable()  # what 100 more messages leave behind for the collector
+    f = gc.mem_free()
+    for i in range(100):
+        await c.publish(topic, payload, qos=qos)
+    print("GARBAGE", label, (f - gc.mem_free()) // 100)
+    gc.enable()
 
 async def receive(label, n):
     got = 0
     async for topic, msg, retained in c:
         if got == 0:
             t0 = ticks_ms()
+        elif got == 50:
+            print("GARBAGE", label, (f - gc.mem_free()) // 49)
+            gc.enable()
         got += 1
+        if got == 1:
+            gc.disable()  # what messages 2 to 50 leave behind for the collector
+            f = gc.mem_free()
         if got == n:
             break
     # the clock starts at the first message, so n - 1 intervals
@@ -127,7 +141,8 @@ def main() -> int:
     ap.add_argument("--heap", default="256K", help="MicroPython heap for the rate runs (default %(default)s)")
     ap.add_argument("--mpy-heap", default="64K", help="heap for the .mpy heap run (default %(default)s)")
     ap.add_argument("--n", type=int, default=5000, help="QoS 0 messages per run; QoS 1 runs use n/5")
-    ap.add_argument("--outages", type=int, default=3, help="broker outages for the reconnect figure")
+    ap.add_argument("--outages", type=int, default=2, help="broker outages for the reconnect figure")
+    ap.add_argument("--stable-s", type=float, default=31.0, help="link time before each outage (backoff reset)")
     ap.add_argument("--outage-s", type=float, default=3.0, help="length of each outage in seconds")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-node-mqtt-"))
@@ -157,6 +172,7 @@ def main() -> int:
         back: list[float] = []
         steps: list[int] = []
         for _ in range(args.outages):
+            time.sleep(args.stable_s)  # a link that lived 30 s resets the client's backoff
             mark = p.mark()
             broker.stop()
             time.sleep(args.outage_s)
@@ -172,6 +188,7 @@ def main() -> int:
         p.stop()
         heap = parse(p.lines, "HEAP")
         rates = parse(p.lines, "RATE")
+        garbage = parse(p.lines, "GARBAGE")
     finally:
         broker.close()
         shutil.rmtree(work, ignore_errors=True)
@@ -186,10 +203,11 @@ def main() -> int:
     print(f"  import pysmartnode.mqtt            {heap['import_mqtt']:7d} bytes (compiling the source)")
     print(f"  client connected (1 subscription) {heap['client_connected']:7d} bytes")
     for key in ("publish_qos0", "publish_qos1", "receive_qos0", "receive_qos1"):
-        print(f"{key:<14} {rates[key]:7d} msg/s")
-    print(f"reconnect after the broker returns ({args.outages} outages of {args.outage_s:g} s, default backoff "
-          f"1 s doubling, 60 s cap, +/-25 % jitter): median {statistics.median(back):.2f} s, "
-          f"max {max(back):.2f} s;\n  the backoff steps then waited out: {steps} ms; "
+        print(f"{key:<14} {rates[key]:7d} msg/s, {garbage[key]:5d} bytes of garbage per message")
+    print(f"reconnect after the broker returns ({args.outages} outages of {args.outage_s:g} s after "
+          f"{args.stable_s:g} s up; default backoff 1 s doubling, 60 s cap, +/-25 % jitter):\n"
+          f"  median {statistics.median(back):.2f} s, max {max(back):.2f} s;\n"
+          f"  the backoff steps then waited out: {steps} ms; "
           f"the connect itself (TCP + CONNACK) max {max(connect_ms)} ms")
     print(f"free heap in on_connect after each reconnect: {free_after} bytes")
     print(f"client stats after the rate runs: {stats}")

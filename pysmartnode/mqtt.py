@@ -240,7 +240,7 @@ class MQTTClient:
         self._rxev = asyncio.Event()
         self._ready = asyncio.Event()  # connected, subscriptions restored, queue flushed
         self._down = asyncio.Event()  # the current link is gone
-        self._wbusy = False  # a task is writing a packet
+        self._wbusy = 0  # the link number while a task writes a packet on it
         self._wfree = asyncio.Event()  # set when it is done
         self._recs = []  # ack records for reuse
         self._subs = {}  # filter -> qos: what we want
@@ -384,39 +384,50 @@ class MQTTClient:
     async def _keep(self):
         attempt = 0
         while not self._closing:
-            t0 = ticks_ms()
             try:
-                session = await self._connect()
-            except Exception as e:  # OSError, timeout, refused: all mean "try again later"
-                self._log("warning", "cannot connect to %s:%d: %s" % (self.server, self.port, _why(e)))
+                attempt = await self._session(attempt)
+            except Exception as e:  # a MemoryError or a bug must never end the keeper
+                self._log("error", "connection keeper: %s" % _why(e))
+                self._up = False
+                self._teardown()
                 await self._backoff(attempt)
                 attempt += 1
-                continue
-            up_at = ticks_ms()
-            self.last_connect_ms = ticks_diff(up_at, t0)
-            if self._ever:
-                self.reconnects += 1
-            self._ever = True
-            self._log("info", "connected to %s:%d in %d ms (%s)" % (
-                self.server, self.port, self.last_connect_ms, "session resumed" if session else "new session"))
-            gen = self._gen
-            # The "mqtt-reader" task: started here after each CONNACK; ends when this link drops.
-            self._rtask = _named(self._read_loop(gen), "mqtt-reader")
-            # The "mqtt-ticker" task: started here after each CONNACK; ends when this link drops.
-            self._ptask = _named(self._tick_loop(gen), "mqtt-ticker")
-            if await self._resume(gen, session):
-                self._ready.set()
-                if self._on_connect:
-                    # The "mqtt-on-connect" task: started after each (re)connect; ends when the
-                    # callback returns. A task, so a slow callback never delays noticing a dead link.
-                    _named(self._run_on_connect(), "mqtt-on-connect")
-            await self._down.wait()
-            self._teardown()
-            if ticks_diff(ticks_ms(), up_at) >= _STABLE_MS:
-                attempt = 0
-            if not self._closing:
-                await self._backoff(attempt)
-                attempt += 1
+
+    async def _session(self, attempt):
+        """Connect, run one link until it drops, wait out the backoff; returns the next attempt number."""
+        t0 = ticks_ms()
+        try:
+            session = await self._connect()
+        except Exception as e:  # OSError, timeout, refused: all mean "try again later"
+            self._log("warning", "cannot connect to %s:%d: %s" % (self.server, self.port, _why(e)))
+            await self._backoff(attempt)
+            return attempt + 1
+        up_at = ticks_ms()
+        self.last_connect_ms = ticks_diff(up_at, t0)
+        if self._ever:
+            self.reconnects += 1
+        self._ever = True
+        self._log("info", "connected to %s:%d in %d ms (%s)" % (
+            self.server, self.port, self.last_connect_ms, "session resumed" if session else "new session"))
+        gen = self._gen
+        # The "mqtt-reader" task: started here after each CONNACK; ends when this link drops.
+        self._rtask = _named(self._read_loop(gen), "mqtt-reader")
+        # The "mqtt-ticker" task: started here after each CONNACK; ends when this link drops.
+        self._ptask = _named(self._tick_loop(gen), "mqtt-ticker")
+        if await self._resume(gen, session):
+            self._ready.set()
+            if self._on_connect:
+                # The "mqtt-on-connect" task: started after each (re)connect; ends when the
+                # callback returns. A task, so a slow callback never delays noticing a dead link.
+                _named(self._run_on_connect(), "mqtt-on-connect")
+        await self._down.wait()
+        self._teardown()
+        if ticks_diff(ticks_ms(), up_at) >= _STABLE_MS:
+            attempt = 0
+        if not self._closing:
+            await self._backoff(attempt)
+            attempt += 1
+        return attempt
 
     async def _connect(self):
         self._gen += 1
@@ -509,6 +520,9 @@ class MQTTClient:
         w, self._w, self._r = self._w, None, None
         if w is not None:
             _close(w)
+        # A writer still stuck on the old link (its drain times out) no longer holds the writer.
+        self._wbusy = 0
+        self._wfree.set()
 
     def _ssl_context(self):
         import ssl
@@ -564,8 +578,9 @@ class MQTTClient:
         if gen != self._gen or not self._up or w is None:
             return False
         # A flag and an Event rather than asyncio.Lock (which allocates ~400 bytes per use). The
-        # packet is packed into the shared buffers only once the writer is ours.
-        self._wbusy = True
+        # packet is packed into the shared buffers only once the writer is ours. The flag holds the
+        # link number, so a writer left on a dead link cannot release the writer of the next one.
+        self._wbusy = gen
         try:
             if kind == _PUBLISH:
                 self._put_publish(w, data, msg, qos, retain, dup, pid)
@@ -579,15 +594,18 @@ class MQTTClient:
             else:
                 w.write(data)
             if getattr(w, "out_buf", b"?"):  # CPython always drains; MicroPython when the socket took less
-                await w.drain()
+                # With a timeout: a dead link may never drain, and MicroPython does not wake a task
+                # waiting on a socket that another task stopped waiting on.
+                await asyncio.wait_for(w.drain(), self._ack_ms / 1000)
             else:
                 await _sleep_ms(0)  # drain would yield here too: other tasks get their turn
         except Exception as e:  # OSError on MicroPython, ConnectionError on CPython
             self._drop(gen, "write failed: %s" % _why(e))
             return False
         finally:
-            self._wbusy = False
-            self._wfree.set()
+            if self._wbusy == gen:
+                self._wbusy = 0
+                self._wfree.set()
         self._last_tx = ticks_ms()
         return True
 
