@@ -65,6 +65,7 @@ class Thermostat(Component):
         self.mode = mode
         self.current = None
         self.action = "off" if mode == "off" else "idle"
+        self._commanded = False
         self._interval = interval
         Component.__init__(self, name, **kwargs)
         self.start(self._boot)
@@ -81,7 +82,7 @@ class Thermostat(Component):
         except asyncio.TimeoutError:
             old = None
             self.log.warning("no broker within %d s: running with the configured mode and target" % _RESTORE_S)
-        if old is not None:
+        if old is not None and not self._commanded:  # a command while waiting is newer
             try:
                 self._apply(json.loads(old), True)
             except (ValueError, TypeError, AttributeError) as e:
@@ -102,6 +103,7 @@ class Thermostat(Component):
             self.target = self._target(target)
         if mode is not None:
             self.mode = mode
+        self._commanded = self._commanded or not restoring
 
     async def step(self):
         """One control step: read the sensor, switch, publish."""

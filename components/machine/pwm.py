@@ -53,9 +53,9 @@ class PWM(Component):
     async def _boot(self):
         if self._restore:
             old = await self.restore_state()
-            if old is not None:
+            if old is not None and self._restore:  # not when a command came while waiting
                 try:
-                    self._apply(json.loads(old))
+                    self._apply(json.loads(old), True)
                 except (ValueError, TypeError) as e:
                     self.log.warning("retained state %r not taken: %s" % (old[:40], e))
         self._output()
@@ -65,7 +65,7 @@ class PWM(Component):
         b = self.brightness if self.state else 0
         self._pwm.duty_u16(int(65535 * (b / 255) ** self._gamma + 0.5))
 
-    def _apply(self, cmd):
+    def _apply(self, cmd, restoring=False):
         """Take a command (dict, or str ON/OFF/TOGGLE, or a brightness); ValueError when malformed."""
         if isinstance(cmd, dict):
             on, b = cmd.get("state", "ON" if "brightness" in cmd else None), cmd.get("brightness")
@@ -84,6 +84,7 @@ class PWM(Component):
             on, self.brightness = "OFF", 255  # off, and the next ON comes back at full brightness
         if on is not None:
             self.state = not self.state if on == "TOGGLE" else on == "ON"
+        self._restore = self._restore and restoring  # a command is newer than any retained state
 
     async def set(self, on=None, brightness=None):
         d = {}

@@ -44,7 +44,9 @@ class Switch(Component):
     async def _boot(self):
         if self._restore:
             old = await self.restore_state()
-            if old in (b"ON", b"OFF"):
+            if not self._restore:
+                pass  # a command came while waiting: it is newer than the retained state
+            elif old in (b"ON", b"OFF"):
                 self._apply(old == b"ON")
             elif old is not None:
                 self.log.warning("retained state %r is not ON/OFF: kept %s" % (old, "ON" if self.state else "OFF"))
@@ -56,6 +58,7 @@ class Switch(Component):
 
     async def set(self, on):
         """Switch to `on` and publish the state (also when unchanged, so a command always gets an answer)."""
+        self._restore = False
         self._apply(on)
         await self.publish(self.state)
 
