@@ -46,7 +46,7 @@ async def running(settings: BrokerSettings, tmp_path: Path, config: dict[str, An
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
+                await asyncio.wait_for(task, 15)  # a job that does not stop fails the test, never hangs it
 
 
 class Listener:
@@ -115,10 +115,11 @@ async def test_rpm_and_speed_arrive_with_units(settings: BrokerSettings, tmp_pat
         assert abs(rpm["time"] - time.time()) < 5
         _, raw, _ = await heard.wait(on(f"{home}/{HUB}/obd/SPEED"))
         assert json.loads(raw)["unit"] == "kilometer_per_hour"
-        _, raw, _ = await heard.wait(on(f"homeassistant/sensor/{HUB}/obd_rpm/config"))
+        # Discovery topics have no <home>: other tests' retained ones may come first.
+        _, raw, _ = await heard.wait(lambda t, p: t == f"homeassistant/sensor/{HUB}/obd_rpm/config"
+                                     and json.loads(p)["state_topic"] == f"{home}/{HUB}/obd/RPM")
         entity = json.loads(raw)
         assert entity["unit_of_measurement"] == "rpm"
-        assert entity["state_topic"] == f"{home}/{HUB}/obd/RPM"
         assert entity["value_template"] == "{{ value_json.value }}"
         _, raw, _ = await heard.wait(on(f"{home}/{HUB}/obd/dtc"))
         assert json.loads(raw) == []  # the emulated car stores no trouble codes

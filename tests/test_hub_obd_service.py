@@ -49,7 +49,9 @@ async def test_obd_job_in_the_hub_service(settings: BrokerSettings, tmp_path: Pa
         assert rpm.json()["unit"] == "revolutions_per_minute"
         await w.wait(lambda s: s.topic == f"{home}/log/info/car" and "obd: status: connected" in s.payload,
                      what="the job's log line on MQTT")
-        entity = await w.wait(lambda s: s.topic == "homeassistant/sensor/car/obd_rpm/config", what="discovery")
+        # Discovery topics have no <home>: other tests' retained ones may come first.
+        entity = await w.wait(lambda s: s.topic == "homeassistant/sensor/car/obd_rpm/config"
+                              and s.json()["state_topic"] == f"{obd}/RPM", what="discovery")
         assert entity.json()["unique_id"] == "car_obd_rpm"
         assert entity.json()["availability_topic"] == f"{home}/car/status"
 

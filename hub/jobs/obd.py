@@ -30,6 +30,15 @@ CALL_TIMEOUT = 10.0  # seconds an API call may wait for the adapter (a connect i
 VERBS = ("watch", "unwatch", "unwatch_all", "query", "supports", "supported_commands", "status")
 
 
+def _honour_cancel() -> None:
+    """Raise CancelledError if this task was cancelled. On Python 3.11, asyncio.wait_for (inside aiomqtt's
+    publish) loses a cancellation that lands as the publish completes; the task still counts it, so a
+    loop that publishes all the time checks here, or it would never stop."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class ApiError(Exception):
     """A request the bridge refuses; the message goes back in the error reply."""
 
@@ -102,6 +111,7 @@ class ObdJob(Job):
             async for kind, data in self.worker.reports():
                 if kind == "value":
                     await self._publish_value(*data)
+                    _honour_cancel()
                 elif kind == "state":
                     self.link_state = data
                     await self._set_status()
