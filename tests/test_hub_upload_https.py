@@ -126,7 +126,7 @@ async def test_a_server_with_the_wrong_certificate_is_refused(put_server, tls: d
     f = tmp_path / "seg.mp4"
     f.write_bytes(os.urandom(10_000))
     with Queue(tmp_path / "q.db") as queue:
-        up = Uploader(queue, {"cloud": target(impostor, tls)}, hub_id="car", retry_first=0.2)
+        up = Uploader(queue, {"cloud": target(impostor, tls, timeout=3)}, hub_id="car", retry_first=0.2)
         up.add(f)
         assert await drain(up) == "unreachable"
         assert queue.pending() == (1, 10_000)  # kept for a trustworthy server
@@ -137,7 +137,7 @@ async def test_without_a_client_cert_the_server_refuses(put_server, tls: dict[st
     server = put_server()
     f = tmp_path / "seg.mp4"
     f.write_bytes(os.urandom(10_000))
-    anonymous = HttpsTarget("cloud", url=f"https://127.0.0.1:{server.port}/{{name}}", ca=str(tls["ca"]))
+    anonymous = HttpsTarget("cloud", url=f"https://127.0.0.1:{server.port}/{{name}}", ca=str(tls["ca"]), timeout=3)
     with Queue(tmp_path / "q.db") as queue:
         up = Uploader(queue, {"cloud": anonymous}, hub_id="car", retry_first=0.2)
         up.add(f)

@@ -49,9 +49,7 @@ class HttpsTarget:
     async def open(self) -> None:
         """A TLS handshake as a reachability check (each upload then uses its own connection)."""
         _, writer = await self._connect()
-        writer.close()
-        with contextlib.suppress(OSError, ssl.SSLError):
-            await writer.wait_closed()
+        await _close(writer)
 
     async def close(self) -> None:
         """Nothing is kept open between uploads."""
@@ -68,6 +66,14 @@ class HttpsTarget:
             raise UploadError(self.name, f"cannot reach {self.host}:{self.port}: {exc}", reachable=False) from exc
 
     async def upload(self, t: Transfer) -> str:
+        return await self.finish(t, await self.send(t))
+
+    async def finish(self, t: Transfer, held: str) -> str:
+        """Nothing left to do: the PUT's answer was the verification."""
+        return held
+
+    async def send(self, t: Transfer) -> str:
+        """PUT the whole file; the verification its answer allows (`sha256` or `size`)."""
         url = urlsplit(t.remote)
         digest = base64.b64encode(bytes.fromhex(t.item.sha256 or "")).decode() if t.item.sha256 else None
         head = [f"PUT {quote(url.path or '/')}{'?' + url.query if url.query else ''} HTTP/1.1",
@@ -87,9 +93,7 @@ class HttpsTarget:
         except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
             raise UploadError(self.name, f"PUT {t.remote}: connection lost: {exc}", reachable=False) from exc
         finally:
-            writer.close()
-            with contextlib.suppress(OSError, ssl.SSLError):
-                await writer.wait_closed()
+            await _close(writer)
         if not 200 <= status < 300:
             raise UploadError(self.name, f"PUT {t.remote}: HTTP {status}")
         echoed = headers.get("repr-digest") or headers.get("digest")
@@ -100,6 +104,13 @@ class HttpsTarget:
         if m or (etag and len(etag) == 64):
             raise UploadError(self.name, f"PUT {t.remote}: the server's digest does not match ours")
         return "size"
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    """Close a TLS connection without hanging on a peer that never answers the close."""
+    writer.close()
+    with contextlib.suppress(OSError, TimeoutError):  # ssl.SSLError is an OSError
+        await asyncio.wait_for(writer.wait_closed(), 2)
 
 
 async def _response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:

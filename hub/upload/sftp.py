@@ -10,9 +10,12 @@ server's `sha256sum` of the whole file where exec is allowed (`verify: auto`); t
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import contextlib
 import posixpath
 import shlex
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,7 @@ from hub.upload import UploadError
 from hub.upload.transfer import Transfer
 
 VERIFY = ("auto", "sha256", "size")
+IN_FLIGHT = 2  # chunk writes outstanding at once
 
 
 class SftpTarget:
@@ -73,23 +77,49 @@ class SftpTarget:
 
     async def upload(self, t: Transfer) -> str:
         """Put the file, verify it, rename it into place; the verification done (`sha256` or `size`)."""
-        await self.open()
-        assert self._sftp is not None  # set by open()
+        return await self.finish(t, await self.send(t))
+
+    async def send(self, t: Transfer) -> str:
+        """Write the file to `<remote>.part` (continuing a partial one); the remote path now holding it.
+        The uploader sends the next file while `finish` checks this one."""
+        async with self._errors(t):
+            await self.open()
+            assert self._sftp is not None  # set by open()
+            return await self._send(self._sftp, t)
+
+    async def finish(self, t: Transfer, held: str) -> str:
+        """Verify what `send` wrote and rename it into place; the verification done."""
+        async with self._errors(t):
+            await self.open()
+            assert self._sftp is not None
+            if held != t.remote:  # on the server's disk before it counts as uploaded (here, not in send:
+                # the next file goes out meanwhile)
+                async with self._sftp.open(held, "r+b") as f:
+                    with contextlib.suppress(asyncssh.SFTPOpUnsupported):  # fsync@openssh.com: an extension
+                        await f.fsync()
+            verified = await self._verified(held, t)
+            if not verified:
+                t.checkpoint(0)  # the part is wrong: the next attempt replaces it
+                raise UploadError(self.name, f"{held}: verification failed after upload")
+            if held != t.remote:
+                await _rename_over(self._sftp, held, t.remote)
+            return verified
+
+    @contextlib.asynccontextmanager
+    async def _errors(self, t: Transfer) -> AsyncIterator[None]:
         try:
-            return await self._upload(self._sftp, t)
+            yield
         except (OSError, asyncssh.ConnectionLost, asyncssh.DisconnectError) as exc:
             await self.close()
             raise UploadError(self.name, f"connection lost during {t.remote}: {exc}", reachable=False) from exc
         except asyncssh.SFTPError as exc:
             raise UploadError(self.name, f"{t.remote}: {exc.reason}") from exc
 
-    async def _upload(self, sftp: asyncssh.SFTPClient, t: Transfer) -> str:
+    async def _send(self, sftp: asyncssh.SFTPClient, t: Transfer) -> str:
         final, part = t.remote, t.remote + ".part"
         # renamed already (a crash after the rename, before the queue heard of it)? then verify only
-        if await _size(sftp, final) == t.size:
-            verified = await self._verified(final, t)
-            if verified:
-                return verified
+        if await _size(sftp, final) == t.size and await self._verified(final, t):
+            return final
         offset = await self._resume_offset(sftp, part, t)
         folder = posixpath.dirname(final)
         if folder:
@@ -98,18 +128,28 @@ class SftpTarget:
             if offset:
                 await f.truncate(offset)
             t.checkpoint(offset)
-            async for pos, data in t.chunks(offset):
-                await f.write(data, pos)
-                t.progress(pos + len(data))
-                t.checkpoint(pos + len(data))
-            with contextlib.suppress(asyncssh.SFTPOpUnsupported):  # fsync@openssh.com is an extension
-                await f.fsync()
-        verified = await self._verified(part, t)
-        if not verified:
-            t.checkpoint(0)  # the part is wrong: the next attempt replaces it
-            raise UploadError(self.name, f"{part}: verification failed after upload")
-        await _rename_over(sftp, part, final)
-        return verified
+            # two chunks in flight, so the link never idles between them; a chunk counts (progress and
+            # checkpoint) only once it and every chunk before it are acknowledged: no gap after a crash
+            flying: collections.deque[tuple[asyncio.Future[int], int]] = collections.deque()
+            try:
+                async for pos, data in t.chunks(offset):
+                    flying.append((asyncio.ensure_future(f.write(data, pos)), pos + len(data)))
+                    if len(flying) == IN_FLIGHT:
+                        await self._landed(flying, t)
+                while flying:
+                    await self._landed(flying, t)
+            finally:
+                for write, _ in flying:
+                    write.cancel()
+        return part
+
+    @staticmethod
+    async def _landed(flying: collections.deque[tuple[asyncio.Future[int], int]], t: Transfer) -> None:
+        write, end = flying[0]
+        await write
+        flying.popleft()
+        t.progress(end)
+        t.checkpoint(end)
 
     async def _resume_offset(self, sftp: asyncssh.SFTPClient, part: str, t: Transfer) -> int:
         """Where to continue `part`: the queue's checkpoint, if the remote holds that much and (where the

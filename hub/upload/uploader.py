@@ -42,7 +42,11 @@ class Target(Protocol):
 
     async def close(self) -> None: ...
 
-    async def upload(self, t: Transfer) -> str: ...
+    async def send(self, t: Transfer) -> Any:
+        """Transfer the file; what `finish` needs to verify it."""
+
+    async def finish(self, t: Transfer, held: Any) -> str:
+        """Verify and put in place; the verification done: `sha256` or `size`."""
 
 
 def make_target(name: str, config: dict[str, Any]) -> Target:
@@ -178,51 +182,12 @@ class Uploader:
                 await target.close()
 
     async def _worker(self, name: str) -> None:
-        target = self.targets[name]
-        backoff = self.retry_first
-        drops = 0  # transfers in a row whose connection broke
-        while True:
-            item = self._next(name)
-            if item is None:
-                await target.close()  # idle: no connection held open
-                await self._sleep(name, self._next_skip_delay())
-                continue
-            epoch = self._epoch
-            try:
-                await self._connect(target)
-            except UploadError as exc:
-                # unreachable, or a server we must not trust (host key, certificate) or that refuses us:
-                # either way nothing can go there now; the files wait
-                if self.reachable[name] is not False:
-                    self.log.warning("%s; retrying with backoff", exc)
-                await target.close()
-                if epoch != self._epoch:
-                    continue  # flushed meanwhile: try again at once, this failure is stale
-                self._set_reachable(name, False)
-                await self._sleep(name, backoff)
-                backoff = min(backoff * 2, self.retry_max)
-                continue
-            self._set_reachable(name, True)
-            try:
-                await self._upload(target, item)
-                backoff, drops = self.retry_first, 0
-            except UploadError as exc:
-                if not exc.reachable:
-                    # the link broke mid-file: reconnect at once (a glitch), but after DROPS in a row the
-                    # target counts as out of reach (a server that hangs up on us), with backoff
-                    await target.close()
-                    self.log.warning("%s", exc)
-                    drops += 1
-                    if drops >= DROPS and epoch == self._epoch:
-                        self._set_reachable(name, False)
-                        await self._sleep(name, backoff)
-                        backoff = min(backoff * 2, self.retry_max)
-                    continue
-                # this file failed on a working target: retry it after its own backoff, go on with others
-                self.queue.failed(item.id, str(exc))
-                delay = min(self.retry_first * 2 ** min(item.attempts, 16), self.retry_max)
-                self._skip[item.id] = time.monotonic() + delay
-                self.log.warning("%s (retry in %.0f s)", exc, delay)
+        w = _Worker(self, self.targets[name])
+        try:
+            await w.run()
+        finally:
+            if w.finishing is not None:
+                w.finishing[0].cancel()
 
     async def _connect(self, target: Target) -> None:
         probe = self.when_reachable.get(target.name)
@@ -230,16 +195,16 @@ class Uploader:
             raise UploadError(target.name, f"{probe[0]}:{probe[1]} does not answer (when_reachable)", False)
         await target.open()
 
-    def _next(self, name: str) -> Item | None:
+    def _next(self, name: str, busy: int | None = None) -> Item | None:
         now = time.monotonic()
         self._skip = {k: v for k, v in self._skip.items() if v > now}
-        return self.queue.next(name, exclude=self._skip)
+        return self.queue.next(name, exclude=[*self._skip, *([busy] if busy is not None else [])])
 
     def _next_skip_delay(self) -> float | None:
         return max(0.0, min(self._skip.values()) - time.monotonic()) if self._skip else None
 
-    async def _upload(self, target: Target, item: Item) -> bool:
-        """Upload one file; True when done (or given up as lost)."""
+    async def _send(self, target: Target, item: Item) -> tuple[Transfer, Any] | None:
+        """Send one file; what `_finish` needs, or None when the file is gone (marked lost)."""
         path = Path(item.path)
         try:
             size = path.stat().st_size
@@ -247,7 +212,7 @@ class Uploader:
             self.queue.lost(item.id, "the file was gone before it was uploaded")
             self.log.error("LOST %s for %s: deleted before upload (camera hard limit?)", item.path, target.name)
             self._notify()
-            return True
+            return None
         if item.sha256 is None or size != item.size:
             digest = await asyncio.to_thread(sha256_of, path)
             self.queue.set_hash(item.id, digest, size)
@@ -267,20 +232,24 @@ class Uploader:
                 self.queue.checkpoint(item.id, offset)
                 last[0] = time.monotonic()
 
-        remote = render(target.template, self.hub_id, target.name, path)
+        t = Transfer(item, render(target.template, self.hub_id, target.name, path), progress, checkpoint)
         self.current[target.name] = item
         try:
-            verified = await target.upload(Transfer(item, remote, progress, checkpoint))
+            return t, await target.send(t)
         finally:
             self.current.pop(target.name, None)
+
+    async def _finish(self, target: Target, t: Transfer, held: Any) -> None:
+        """Verify a sent file and mark it done."""
+        verified = await target.finish(t, held)
+        item = t.item
         complete = self.queue.done(item.id, verified)
         self.done_count += 1
-        self.log.info("uploaded %s to %s (%d bytes, verified by %s)", path.name, target.name, item.size, verified)
+        self.log.info("uploaded %s to %s (%d bytes, verified by %s)", item.name, target.name, item.size, verified)
         self._notify()
         if self.on_done:
-            await self.on_done({"path": item.path, "target": target.name, "remote": remote, "size": item.size,
+            await self.on_done({"path": item.path, "target": target.name, "remote": t.remote, "size": item.size,
                                 "sha256": item.sha256, "verified": verified, "complete": complete})
-        return True
 
     def _set_reachable(self, name: str, value: bool) -> None:
         if self.reachable[name] != value:
@@ -297,6 +266,89 @@ class Uploader:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(wake.wait(), seconds)
         wake.clear()
+
+
+class _Worker:
+    """One target's worker. It sends a file while the previous one is verified (a `sha256sum` on the
+    server takes a while): at most one file is being finished while the next goes out."""
+
+    def __init__(self, up: Uploader, target: Target) -> None:
+        self.up, self.target, self.name = up, target, target.name
+        self.backoff = up.retry_first
+        self.drops = 0  # transfers in a row whose connection broke
+        self.finishing: tuple[asyncio.Task[None], Item] | None = None
+
+    async def run(self) -> None:
+        up = self.up
+        while True:
+            item = up._next(self.name, busy=self.finishing[1].id if self.finishing else None)
+            if item is None:
+                if self.finishing is not None:
+                    await self.settle()
+                    continue
+                await self.target.close()  # idle: no connection held open
+                await up._sleep(self.name, up._next_skip_delay())
+                continue
+            epoch = up._epoch
+            try:
+                await up._connect(self.target)
+            except UploadError as exc:
+                await self.settle()
+                await self.unreachable(exc, epoch)
+                continue
+            up._set_reachable(self.name, True)
+            try:
+                sent = await up._send(self.target, item)
+            except UploadError as exc:
+                await self.settle()
+                await self.failed(item, exc, epoch)
+                continue
+            await self.settle()
+            if sent is not None:
+                # Started once a file is sent; ends when it is verified and marked done (awaited by settle).
+                task = asyncio.create_task(up._finish(self.target, *sent), name=f"upload-{self.name}-finish")
+                self.finishing = (task, item)
+
+    async def settle(self) -> None:
+        """Wait for the file being finished, and handle its failure."""
+        if self.finishing is None:
+            return
+        (task, item), self.finishing = self.finishing, None
+        try:
+            await task
+            self.backoff, self.drops = self.up.retry_first, 0
+        except UploadError as exc:
+            await self.failed(item, exc, self.up._epoch)
+
+    async def unreachable(self, exc: UploadError, epoch: int) -> None:
+        """Unreachable, or a server we must not trust (host key, certificate) or that refuses us: nothing
+        can go there now; the files wait, and the target is tried again after the backoff."""
+        up = self.up
+        if up.reachable[self.name] is not False:
+            up.log.warning("%s; retrying with backoff", exc)
+        await self.target.close()
+        if epoch != up._epoch:
+            return  # flushed meanwhile: try again at once, this failure is stale
+        up._set_reachable(self.name, False)
+        await up._sleep(self.name, self.backoff)
+        self.backoff = min(self.backoff * 2, up.retry_max)
+
+    async def failed(self, item: Item, exc: UploadError, epoch: int) -> None:
+        up = self.up
+        if not exc.reachable:
+            # the link broke mid-file: reconnect at once (a glitch), but after DROPS in a row the target
+            # counts as out of reach (a server that hangs up on us), with backoff
+            await self.target.close()
+            up.log.warning("%s", exc)
+            self.drops += 1
+            if self.drops >= DROPS:
+                await self.unreachable(exc, epoch)
+            return
+        # this file failed on a working target: retry it after its own backoff, go on with the others
+        up.queue.failed(item.id, str(exc))
+        delay = min(up.retry_first * 2 ** min(item.attempts, 16), up.retry_max)
+        up._skip[item.id] = time.monotonic() + delay
+        up.log.warning("%s (retry in %.0f s)", exc, delay)
 
 
 def render(template: str, hub_id: str, target: str, path: Path) -> str:
