@@ -264,7 +264,7 @@ def parse_heap(text: str) -> str:
 async def _run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     pty = Path(args.pty_path or Path(args.fs).resolve().parent / f"{args.id}.pty") if args.pty else None
-    vn = VirtualNode(Path(args.fs), args.id, settings, heap=args.heap, pty=pty,
+    vn = VirtualNode(Path(args.fs), args.id, settings, heap=args.heap, pty=pty, source_tree=not args.bare,
                      echo=lambda line: print(f"{args.id}| {line}", flush=True))
     async with vn:
         if pty:
@@ -282,6 +282,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--heap", type=parse_heap, default="256K", help="MicroPython heap (default %(default)s)")
     run.add_argument("--pty", action="store_true", help="expose the REPL on a stable pty path")
     run.add_argument("--pty-path", help="where the pty symlink goes (default: next to --fs, <id>.pty)")
+    run.add_argument("--bare", action="store_true", help="the folder alone on the path, as on a flashed board "
+                     "(no source tree): a blank device for `fleet firmware deploy`")
     add_broker_arguments(run)
 
     def handler(args: argparse.Namespace) -> int:
