@@ -60,7 +60,7 @@ class Server:
     def target(self, name: str, **extra: object) -> dict[str, object]:
         return {"type": "sftp", "host": "127.0.0.1", "port": self.port, "user": self.user,
                 "key": str(self.keys / "client_key"), "known_hosts": str(self.keys / "known_hosts"),
-                "path": f"{self.remote(name)}/{{hub}}/{{name}}", **extra}
+                "path": f"{self.remote(name)}/{{hub}}", **extra}
 
     def close(self) -> None:
         self.proc.terminate()

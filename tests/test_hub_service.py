@@ -63,7 +63,8 @@ def test_the_example_is_valid_with_every_job() -> None:
     assert cfg.jobs == ["obd", "camera", "upload", "power", "rules", "stats"] and cfg.local_broker.enabled
     assert {r.name for r in cfg.rules("home")} == {"key_off", "key_on", "home_light", "redline"}
     key_off = next(r for r in cfg.rules("home") if r.name == "key_off")
-    assert [s.label for s in key_off.steps] == ["camera.stop", "upload.flush", "upload.wait_empty", "power.release"]
+    assert [s.label for s in key_off.steps] == ["camera.stop", "upload.wait_empty", "power.shutdown",
+                                                 "power.release"]
 
 
 async def test_starts_from_the_example_with_its_local_broker_bridged_home(

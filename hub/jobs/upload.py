@@ -199,6 +199,8 @@ def _check_target(doc: Document, path: KeyPath, spec: Any) -> list[ConfigIssue]:
             parse_address(spec["when_reachable"])
         except ValueError as exc:
             issues.append(doc.issue((*path, "when_reachable"), str(exc)))
+    if kind == "https" and isinstance(spec.get("url"), str) and "{name}" not in spec["url"]:
+        issues.append(doc.issue((*path, "url"), "the URL must hold {name} (each file its own URL)"))
     if issues:
         return issues
     try:

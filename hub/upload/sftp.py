@@ -29,17 +29,18 @@ IN_FLIGHT = 2  # chunk writes outstanding at once
 
 
 class SftpTarget:
-    """`SftpTarget(name, host=…, user=…, key=…, known_hosts=…, [port, path, verify, timeout])`."""
+    """`SftpTarget(name, host=…, user=…, key=…, known_hosts=…, [port, path, verify, timeout])`; `path` is
+    the remote folder (relative to the login folder, or absolute), `{hub}` and `{date}` allowed."""
 
     kind = "sftp"
 
     def __init__(self, name: str, *, host: str, user: str, key: str, known_hosts: str, port: int = 22,
-                 path: str = "{hub}/{name}", verify: str = "auto", timeout: float = 10.0,
+                 path: str = "{hub}", verify: str = "auto", timeout: float = 10.0,
                  **_: Any) -> None:
         self.name = name
         self.host, self.port, self.user = host, int(port), user
         self.key, self.known_hosts = str(Path(key).expanduser()), str(Path(known_hosts).expanduser())
-        self.template = path
+        self.template = path.rstrip("/") + "/{name}"  # `path` is the folder: names never collide
         self.verify = verify
         self.timeout = float(timeout)
         self._conn: asyncssh.SSHClientConnection | None = None
