@@ -7,6 +7,7 @@ messages on topics nobody subscribed, and pings left unanswered.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import time
@@ -20,10 +21,11 @@ from fleet.broker import Mosquitto, TLSFiles
 from fleet.security import make_tls
 from fleet.upy import MicroPython, UPyProcess
 from tests.fakebroker import FakeBroker, publish_packet
+from tests.faultproxy import FaultProxy
 
 # The node side: one driver for every test, configured by cfg.json. It prints what the client
 # logs ("LOG level message"), what it receives ("MSG topic payload retained") and acts on commands
-# sent to <prefix>/cmd/set: "pub <qos> <topic> <payload>", "stats", "close".
+# sent to <prefix>/cmd/set: "pub <qos> <topic> <payload>", "unsub <filter>", "stats", "close".
 DRIVER = r"""
 import sys, json, asyncio
 from pysmartnode.mqtt import MQTTClient
@@ -38,7 +40,8 @@ def log(level, msg):
 async def on_connect():
     print("ONCONNECT", c.reconnects)
 
-c = MQTTClient(cfg["id"], cfg.get("host", "127.0.0.1"), cfg["port"], tls=cfg.get("tls"), keepalive=cfg.get("keepalive", 60),
+c = MQTTClient(cfg["id"], cfg.get("host", "127.0.0.1"), cfg["port"], tls=cfg.get("tls"),
+               keepalive=cfg.get("keepalive", 60),
                clean_session=cfg.get("clean", False), queue_len=cfg.get("queue_len", 32),
                max_packet=cfg.get("max_packet", 4096), on_connect=on_connect, log=log,
                will=(pre + "/status", b"offline", True, 1) if cfg.get("will", True) else None,
@@ -54,6 +57,14 @@ async def offline_publisher():
     for qos, topic, payload in cfg["offline"]:
         print("QUEUED", topic, await c.publish(topic, payload, qos=qos))
 
+async def counter():
+    # Publishes 0, 1, 2 … at QoS 1 on cfg["count"], whatever the link does.
+    n = 0
+    while True:
+        await c.publish(cfg["count"], str(n), qos=1)
+        n += 1
+        await asyncio.sleep_ms(100)
+
 async def main():
     for f in cfg.get("subs", []):
         await c.subscribe(f)
@@ -63,11 +74,15 @@ async def main():
     print("READY")
     if cfg.get("offline"):
         asyncio.create_task(offline_publisher())
+    if cfg.get("count"):
+        asyncio.create_task(counter())
     async for topic, msg, retained in c:
         if topic == pre + "/cmd/set":
             words = msg.decode().split(" ", 3)
             if words[0] == "pub":
                 print("PUBLISHED", await c.publish(words[2], words[3], qos=int(words[1])))
+            elif words[0] == "unsub":
+                print("UNSUBSCRIBED", await c.unsubscribe(words[1]))
             elif words[0] == "stats":
                 print("STATS", json.dumps(c.stats()))
             elif words[0] == "close":
@@ -154,6 +169,13 @@ def test_connect_publish_subscribe_close(mosquitto: Mosquitto, upy, tmp_path: Pa
         w.publish(f"{pre}/cmd/set", f"pub 1 {pre}/q1 one")
         node.wait_for("^PUBLISHED True")
         assert w.until(f"{pre}/q1") == (b"one", False)
+
+        w.publish(f"{pre}/cmd/set", f"unsub {pre}/cfg/#")
+        node.wait_for("^UNSUBSCRIBED True")
+        w.publish(f"{pre}/cfg/a/b", "after unsubscribe", qos=1)
+        w.publish(f"{pre}/relay/set", "OFF", qos=1)
+        node.wait_for(f"^MSG {pre}/relay/set OFF False")
+        assert "after unsubscribe" not in node.output
 
         w.publish(f"{pre}/cmd/set", "close")
         assert w.until(f"{pre}/status") == (b"offline", False)
@@ -328,3 +350,24 @@ def test_tls_verifies_the_broker(mosquitto_factory, upy, tmp_path: Path, home: s
                      prefix=pre, tls={"ca": str(other["ca"])})
     bad.wait_for("^LOG warning cannot connect to localhost:")
     assert "READY" not in bad.output, bad.output
+
+
+def test_nothing_is_lost_when_the_link_stalls(mosquitto: Mosquitto, upy, tmp_path: Path, home: str) -> None:
+    pre = f"{home}/n10"
+    with Watcher(mosquitto.port, "w10") as w, FaultProxy("127.0.0.1", mosquitto.port) as proxy:
+        w.subscribe(f"{pre}/count")
+        node = start_node(upy, tmp_path, id=f"{home}-n10", port=proxy.port, prefix=pre, keepalive=2,
+                          count=f"{pre}/count")
+        node.wait_for("^READY")
+        time.sleep(1)
+        proxy.stall()  # the link goes silent both ways, as a weak Wi-Fi link does; no socket closes
+        node.wait_for("^LOG warning connection lost: no answer from the broker", timeout=10)
+        proxy.resume()
+        node.wait_for(r"^LOG info connected .*\(session resumed\)", timeout=10)
+        got: set[int] = set()
+        deadline = time.monotonic() + 1.5
+        with contextlib.suppress(queue.Empty):
+            while time.monotonic() < deadline:
+                got.add(int(w.next(0.5)[1]))
+        assert len(got) > 15
+        assert got == set(range(max(got) + 1))  # every number arrived (a duplicate is allowed, a gap is not)
