@@ -118,7 +118,7 @@ async def main() -> None:
         try:
             settings = BrokerSettings(broker.url, "bench")
             # smallest heap: bisect in 4K steps between a size that fails and one that passes
-            lo, hi = 48, 160
+            lo, hi = 48, 144
             ok, free, _, out = await run_node(settings, work, f"{hi}K", commands)
             if not ok:
                 sys.exit(f"{hi}K does not run the node:\n{out[-3000:]}")
