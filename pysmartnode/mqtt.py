@@ -656,8 +656,7 @@ class MQTTClient:
                 rec = self._pending[pid] = self._rec()
             tries = 0
             while gen == self._gen and self._up:
-                rec[0].clear()
-                rec[1] = None
+                self._arm(rec)
                 if not await self._send(gen, _PUBLISH, topic, msg, 1, retain, dup, pid):
                     break
                 if await self._wait_ack(rec):
@@ -672,6 +671,7 @@ class MQTTClient:
                     break
                 self._log("warning", "no PUBACK for packet %d on %s; resending" % (pid, topic.decode()))
                 dup = 1
+            rec[2] = None  # nobody waits: a late PUBACK must not free the id of the requeued message
         if requeue and not self._closing:
             entry = (topic, msg, retain, qos, pid)
             if not self._q.push_front(entry):
@@ -686,25 +686,30 @@ class MQTTClient:
             return self._recs.pop()
         return [asyncio.Event(), None, None]  # event, result, deadline
 
+    def _arm(self, rec):
+        """Before sending: the reader takes acks only for armed records, the ticker times them out."""
+        rec[0].clear()
+        rec[1] = None
+        rec[2] = ticks_add(ticks_ms(), self._ack_ms)
+
     async def _wait_ack(self, rec):
-        """Wait for the ack of `rec` (the ticker ends the wait after ack_timeout); True when it came."""
+        """Wait for the ack of an armed `rec` (or the ticker's timeout, or link loss); True when it came."""
         if rec[1] is None:
-            rec[2] = ticks_add(ticks_ms(), self._ack_ms)
             await rec[0].wait()
-            rec[2] = None
+        rec[2] = None
         return rec[1] is not None
 
     async def _request(self, gen, kind, topic_filter, qos):
         """SUBSCRIBE or UNSUBSCRIBE one filter and wait for its ack. False on refusal or link loss."""
         pid = self._newpid()
         rec = self._pending[pid] = self._rec()
-        rec[0].clear()
-        rec[1] = None
+        self._arm(rec)
         if kind == _SUBSCRIBE:
             pkt = subscribe_packet(pid, topic_filter, qos)
         else:
             pkt = unsubscribe_packet(pid, topic_filter)
         ok = await self._send(gen, 0, pkt) and await self._wait_ack(rec)
+        rec[2] = None
         self._pending.pop(pid, None)
         self._recs.append(rec)
         if not ok:
@@ -811,7 +816,7 @@ class MQTTClient:
                     if n != 2 and not (kind == _SUBACK and n == 3):
                         raise ValueError("ack type 0x%02x of %d bytes" % (kind, n))
                     rec = self._pending.get(b[0] << 8 | b[1])
-                    if rec is not None and rec[1] is None:
+                    if rec is not None and rec[1] is None and rec[2] is not None:
                         rec[1] = b[2] if kind == _SUBACK else 0
                         rec[0].set()
                         if kind == _PUBACK:
