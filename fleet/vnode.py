@@ -83,6 +83,12 @@ class VirtualNode:
         """SIGKILL the VM, as a power cut would end a board; the supervisor boots it again."""
         await self._kill(signal.SIGKILL)
 
+    async def power_off(self) -> None:
+        """SIGKILL the VM and boot it no more, as a board unplugged (`fleet sim`'s `node: … do: kill`)."""
+        self._stopping = True
+        await self._kill(signal.SIGKILL)
+        await self.stop()
+
     async def _kill(self, sig: int) -> None:
         p = self._proc
         if p and p.returncode is None:

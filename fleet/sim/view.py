@@ -1,0 +1,115 @@
+"""The live terminal view of `fleet sim` and its final summary (rich)."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console, Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from fleet.sim.run import HUB_ID, Sim
+
+STYLE = {"online": "green", "offline": "red", "ok": "green", "done": "dim", "failed": "bold red",
+         "running": "yellow", "waiting": "dim"}
+MARK = {"ok": "✓", "done": "·", "failed": "✗", "running": "…", "waiting": " "}
+
+
+def devices_table(sim: Sim, rows: int = 14) -> Table:
+    """The example devices and the hub always; generated nodes only when something is wrong with them."""
+    w = sim.watch
+    ids = [i for i in sim.nodes if not i.startswith("node-")] + [HUB_ID]
+    others = [i for i in sim.nodes if i.startswith("node-") and not w.device(i).configured]
+    shown = ids + others[: max(0, rows - len(ids))]
+    configured = sum(1 for n in sim.nodes if w.device(n).configured)
+    online = sum(1 for n in sim.nodes if w.device(n).status == "online")
+    table = Table(title=f"devices: {len(sim.nodes)} nodes, {online} online, {configured} configured",
+                  title_justify="left", box=None, header_style="bold")
+    for col in ("device", "status", "config", "heap free", "uptime", "boots", "note"):
+        table.add_column(col, justify="right" if col in ("heap free", "uptime", "boots") else "left")
+    for device_id in shown:
+        d = w.device(device_id)
+        node = sim.nodes.get(device_id)
+        heap = d.info.get("heap_free")
+        uptime = d.info.get("uptime")
+        note = ""
+        if d.info.get("failed"):
+            note = "failed: " + ", ".join(d.info["failed"])
+        elif node is not None and node.vnode is None:
+            note = "powered off"
+        elif d.ack.get("state") and d.ack.get("state") != "applied":
+            note = f"config {d.ack.get('state')}"
+        table.add_row(device_id, Text(d.status, STYLE.get(d.status, "")), d.config or "—",
+                      f"{heap:,}" if isinstance(heap, int) else "—",
+                      f"{uptime}s" if isinstance(uptime, int | float) else "—",
+                      str(node.vnode.boots if node and node.vnode else "") if node else "", note)
+    if len(others) > len(shown) - len(ids):
+        table.add_row(f"… {len(others) - (len(shown) - len(ids))} more not configured", "", "", "", "", "", "")
+    return table
+
+
+def steps_table(sim: Sim, last: int | None = 8) -> Table:
+    table = Table(title=f"scenario: {sim.scenario.name}", title_justify="left", box=None, header_style="bold")
+    for col in ("", "at", "step", "took", "detail"):
+        table.add_column(col, justify="right" if col in ("at", "took") else "left")
+    results = sim.results
+    if last is not None:
+        current = next((i for i, r in enumerate(results) if r.state in ("running", "waiting")), len(results))
+        start = max(0, min(current - last // 2, len(results) - last))
+        results = results[start:start + last]
+    for r in results:
+        table.add_row(Text(MARK[r.state], STYLE[r.state]), f"{r.started:.1f}" if r.started is not None else "",
+                      Text(r.step.describe(), STYLE[r.state] if r.state != "done" else ""),
+                      f"{r.took:.1f}s" if r.took is not None and r.step.kind == "expect" else "",
+                      r.detail)
+    return table
+
+
+def render(sim: Sim) -> RenderableType:
+    w = sim.watch
+    head = Text.assemble(("fleet sim", "bold"), f"  {sim.settings.public_url}  home {sim.settings.home}  ",
+                         f"{sim.elapsed():.0f} s  ", (f"{w.rate():,.0f} msg/s", "bold cyan"),
+                         f"  ({w.total:,} messages)  folder {sim.folder}")
+    events = Text("\n".join(f"{t:7.1f}  {text}" for t, text in list(w.events)[-6:]), style="dim")
+    return Group(head, devices_table(sim), steps_table(sim), w.top.render(), events)
+
+
+def render_text(sim: Sim, width: int = 160) -> str:
+    """The view as plain text (for tests and logs)."""
+    console = Console(file=io.StringIO(), width=width, color_system=None)
+    console.print(render(sim))
+    return console.file.getvalue()  # type: ignore[attr-defined]
+
+
+def summary(sim: Sim) -> RenderableType:
+    w = sim.watch
+    held = sum(1 for r in sim.results if r.state == "ok")
+    expected = sum(1 for r in sim.results if r.step.kind == "expect")
+    verdict = ("interrupted" if sim.interrupted else "passed" if sim.ok else "FAILED")
+    style = "bold green" if sim.ok else "bold red"
+    lines = [Text.assemble(("fleet sim: ", "bold"), (verdict, style),
+                           f" — {held}/{expected} expectations held, {sim.elapsed():.0f} s, "
+                           f"{w.total:,} messages, scenario {sim.scenario.path}")]
+    configured = sum(1 for n in sim.nodes if w.device(n).configured)
+    boot = f"; all configured {sim.boot_time:.1f} s after the start" if sim.boot_time is not None else ""
+    lines.append(Text(f"nodes: {len(sim.nodes)}, {configured} configured at the end{boot}"))
+    errors = w.levels.get("error", 0) + w.levels.get("critical", 0)
+    lines.append(Text("log lines from the fleet: " + ", ".join(f"{k} {v}" for k, v in sorted(w.levels.items()))
+                      + (f" (last error: {w.last_error})" if errors and w.last_error else "")))
+    for problem in sim.problems:
+        lines.append(Text(f"problem: {problem}", "red"))
+    lines.append(Text(f"files: {sim.folder} (logs/, nodes/<id>.log)"))
+    return Group(steps_table(sim, last=None), *lines)
+
+
+class Ticker:
+    """Without a terminal: the scenario's progress as plain lines, one per event."""
+
+    def __init__(self, sim: Sim, console: Console) -> None:
+        self.sim, self.console, self.seen = sim, console, 0
+
+    def update(self) -> None:
+        events = list(self.sim.watch.events)
+        for t, text in events[self.seen:] if len(events) >= self.seen else events:
+            self.console.print(f"{t:7.1f}  {text}", highlight=False)
+        self.seen = len(events)
