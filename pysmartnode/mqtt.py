@@ -837,6 +837,8 @@ class MQTTClient:
         qos = kind >> 1 & 3
         if qos == 3:
             raise ValueError("PUBLISH with QoS 3")
+        if n < 3:
+            raise ValueError("PUBLISH of %d bytes" % n)
         if n > self._max:
             return await self._skip(gen, qos, n)
         b = self._rbuf
@@ -937,14 +939,12 @@ def _der(path):
     """A certificate file as DER: MicroPython's mbedtls takes CA data only so (CPython does too)."""
     with open(path, "rb") as f:
         data = f.read()
-    if not data.startswith(b"-----BEGIN"):
+    begin = data.find(b"-----BEGIN")
+    if begin < 0:
         return data
     from binascii import a2b_base64
-    lines = data.split(b"\n")
-    end = 1
-    while not lines[end].startswith(b"-----END"):  # the first certificate of the file
-        end += 1
-    return a2b_base64(b"".join(line.strip() for line in lines[1:end]))
+    body = data[data.find(b"\n", begin) + 1:data.find(b"-----END", begin)]  # the first certificate
+    return a2b_base64(b"".join(line.strip() for line in body.split(b"\n")))
 
 
 def _named(coro, name):

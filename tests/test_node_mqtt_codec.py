@@ -70,3 +70,14 @@ def test_ring_drops_the_oldest_and_puts_back_at_the_head() -> None:
     assert r.pop() == 2
     assert r.push_front("again") and not r.push_front("no room")
     assert [r.pop() for _ in range(r.n)] == ["again", 3, 4]
+
+
+def test_a_pem_ca_becomes_der(tmp_path) -> None:  # MicroPython's mbedtls takes CA data only as DER
+    import ssl
+
+    from fleet.security import make_tls
+
+    pem = make_tls(tmp_path / "tls", ["localhost"])["ca"].read_text()
+    with_junk = tmp_path / "ca.pem"
+    with_junk.write_text("Bag Attributes\n    friendlyName: home\r\n" + pem.replace("\n", "\r\n"))
+    assert mqtt._der(str(with_junk)) == ssl.PEM_cert_to_DER_cert(pem)
