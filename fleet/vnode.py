@@ -209,7 +209,6 @@ class _PtyBridge:
             asyncio.get_running_loop().remove_reader(self.inner)
             os.close(self.inner)
         self.inner, slave = os.openpty()
-        attrs = termios.tcgetattr(slave)
         tty.setraw(slave)
         attrs = termios.tcgetattr(slave)
         attrs[3] |= termios.ISIG  # raw, but ^C still interrupts main.py as on a board's UART
@@ -276,7 +275,15 @@ async def _run(args: argparse.Namespace) -> int:
         if pty:
             print(f"{args.id}| REPL on {pty}: mpremote connect {pty} resume repl", flush=True)
         assert vn._task is not None
-        return await vn._task
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):  # the VM runs in a session of its own: stop it here
+            loop.add_signal_handler(sig, stop.set)
+        # Started here; ends when the supervisor is told to stop (a signal).
+        stopper = asyncio.create_task(stop.wait(), name=f"vnode-{args.id}-signals")
+        done, _ = await asyncio.wait({vn._task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        return vn._task.result() if vn._task in done else 0
 
 
 def register(parser: argparse.ArgumentParser) -> None:
