@@ -318,7 +318,7 @@ def make_bundle(out: Path, target: str = "esp32", *, devices: Path | None = None
         if creds is None:
             raise FirmwareError(f"no credentials.json in {credentials} (make it with `fleet broker credentials`)")
     cross = MpyCross.for_micropython(micropython)
-    out = Path(out)
+    out = Path(out).absolute()  # mpy-cross runs in the source root
     if out.exists():
         if not (out / "bundle.json").exists() and any(out.iterdir()):
             raise FirmwareError(f"--out {out}: a folder that is not a bundle and not empty; not touching it")

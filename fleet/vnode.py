@@ -40,7 +40,7 @@ class VirtualNode:
                  echo: Callable[[str], None] | None = None) -> None:
         if why := topics.check_device_id(node_id):
             raise ValueError(why)
-        self.fs = Path(fs)
+        self.fs = Path(fs).absolute()  # the VM runs in it: a relative path on MICROPYPATH would miss lib/
         self.id = node_id
         self.settings = settings
         self.pty_path = pty
