@@ -145,7 +145,7 @@ async def test_api_verbs_over_mqtt(settings: BrokerSettings, tmp_path: Path, elm
     home = settings.home
     mine = f"{home}/tester/replies"
     async with listening(settings, f"{home}/{HUB}/obd/#", mine) as heard, \
-            running(settings, tmp_path, job_config(elm)):
+            running(settings, tmp_path, job_config(elm)) as job:
         client = heard.client
         assert client.is_v5
         await heard.wait(on(f"{home}/{HUB}/obd/status", "connected"))
@@ -167,6 +167,11 @@ async def test_api_verbs_over_mqtt(settings: BrokerSettings, tmp_path: Path, elm
         assert r["result"]["command"]["name"] == "SPEED"
         r = await request(client, heard, "query", {"command": "STATUS", "id": "q2"}, None)
         assert r["ok"] and r["result"]["unit"] is None and "MIL" in r["result"]["value"]  # plain JSON
+
+        r = await request(client, heard, "query", {"command": "O2_SENSORS", "id": "q3"}, None)
+        assert r["ok"] and r["result"]["unit"] is None and isinstance(r["result"]["value"], list)
+        stats = job.stats()
+        assert stats["published"] >= 1 and stats["rss"] > 1_000_000
 
         r = await request(client, heard, "supported_commands", {"id": "s1"}, mine, b"c-4")
         names = {c["name"] for c in r["result"]}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
@@ -73,6 +74,7 @@ class ObdJob(Job):
         self.dtc: list[Any] | None = None
         self.announced: set[str] = set()
         self.published = 0
+        self._last_usage: tuple[float, float] | None = None  # (monotonic, worker CPU seconds) at the last stats()
         self._up = asyncio.Event()  # set while the car answers and polling runs
 
     @classmethod
@@ -80,7 +82,18 @@ class ObdJob(Job):
         return check(doc, path)
 
     def stats(self) -> dict[str, float]:
-        return {"published": self.published}
+        """Values published so far; CPU % of the adapter worker since the last call, and its RSS."""
+        out: dict[str, float] = {"published": self.published}
+        usage = self.worker.usage()
+        if usage is None:
+            self._last_usage = None
+            return out
+        now = time.monotonic()
+        out["rss"] = usage[1]
+        if self._last_usage is not None and now > self._last_usage[0]:
+            out["cpu"] = round(100.0 * (usage[0] - self._last_usage[1]) / (now - self._last_usage[0]), 1)
+        self._last_usage = (now, usage[0])
+        return out
 
     async def run(self) -> None:
         await self._set_status()

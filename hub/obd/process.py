@@ -9,8 +9,10 @@ import dataclasses
 import itertools
 import json
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from hub.obd.link import LinkSettings
@@ -74,6 +76,19 @@ class Worker:
                 self.log.log(level, "%s", message)
             elif line:
                 self.log.error("adapter worker: %s", line)  # a traceback, say
+
+    def usage(self) -> tuple[float, int] | None:
+        """CPU seconds used so far and resident bytes of the worker (Linux), None when it is not running."""
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            return None
+        try:
+            fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            pages = int(Path(f"/proc/{proc.pid}/statm").read_text().split()[1])
+            ticks = int(fields[11]) + int(fields[12])  # utime + stime
+        except (OSError, ValueError, IndexError):
+            return None
+        return ticks / os.sysconf("SC_CLK_TCK"), pages * os.sysconf("SC_PAGE_SIZE")
 
     def _send(self, request: dict[str, Any]) -> None:
         assert self._proc is not None and self._proc.stdin is not None
