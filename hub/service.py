@@ -160,7 +160,7 @@ class _Inbox(asyncio.Queue):  # type: ignore[type-arg]
 
 
 class _BufferedSocket:
-    """The bulk link's socket as paho sees it, read 64 KiB at a time: paho reads a packet in three or more
+    """The bulk link's socket as paho sees it, read 16 KiB at a time: paho reads a packet in three or more
     `recv` calls, and aiomqtt's reader calls paho again while `pending()` reports buffered bytes. The
     socket is read once per reader callback (the second read in one callback says "nothing more"), so
     a steady stream cannot keep the callback, and the loop, busy."""
@@ -178,7 +178,7 @@ class _BufferedSocket:
                 raise BlockingIOError  # paho keeps its partial packet; the reader is called again
             self._read = True
             self._loop.call_soon(self._next_iteration)
-            self._buf, self._at = self._sock.recv(65536), 0  # BlockingIOError when empty, as paho expects
+            self._buf, self._at = self._sock.recv(16384), 0  # BlockingIOError when empty, as paho expects
         out = self._buf[self._at : self._at + n]
         self._at += len(out)
         return out

@@ -177,6 +177,7 @@ class StatsJob(Job):
             "topics": {k: {"msgs": round(m, 2), "kbytes": round(b, 3)} for k, (m, b) in rates.items()},
             "jobs": jobs, "loop": loop, "lag": round(lag * 1000, 2),
             "process": _process_figures(process), "dropped": getattr(self.hub, "dropped", 0),
+            "seen": self.meter.total_msgs,
         }
 
     async def _publish_loop(self) -> None:
