@@ -35,8 +35,14 @@ def rmtree(path):
 
 
 def read_json(path):
+    """The parsed file; ValueError naming `path:line:col` when it does not parse."""
     with open(path) as f:
-        return json.load(f)
+        text = f.read()
+    try:
+        return json.loads(text)
+    except ValueError:
+        from pysmartnode.jsonpos import locate
+        raise ValueError("%s:%s" % (path, locate(text) or " does not parse"))
 
 
 def dir_spec(path):

@@ -13,6 +13,9 @@ def module_name(package):
 
 def resolve(spec):
     """The class or function a component spec names; ImportError/AttributeError when it is not there."""
+    for k in ("package", "component"):
+        if not isinstance(spec.get(k), str):
+            raise ValueError("%s: required, a string" % k)
     name = module_name(spec["package"])
     mod = __import__(name)
     for part in name.split(".")[1:]:

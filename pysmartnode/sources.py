@@ -32,8 +32,8 @@ def load():
                 if not isinstance(names, list):
                     raise ValueError("_order must be a list of names")
                 return names, spec, src
-            except (OSError, ValueError) as e:
-                _l.error("%s: %s" % (src, _log.describe(e)))
+            except (OSError, ValueError) as e:  # the next source runs; the error names file:line:col
+                _l.error("config %s not used: %s" % (src, e))
     if exists("local_components.py"):
         try:
             import local_components

@@ -71,6 +71,23 @@ async def test_each_local_source(source: str, start_node: StartNode, settings: B
             assert req["v"] == v and req["platform"] == "unix" and req["max"] == 1024
 
 
+async def test_broken_local_file_named_with_position(start_node: StartNode, settings: BrokerSettings,
+                                                     nid: str) -> None:
+    h = settings.home
+    cfg = relay_config("relay1")
+    broken = '{"_order": ["relay1"],\n "relay1": {"package": parts, "component": "Relay"}}\n'
+    files = {"components.json": broken, "components.d/relay1.json": cfg["relay1"],
+             "components.d/relay2.json": {"package": "parts"}}
+    async with Observer(settings) as obs:
+        vn = await start_node(files)
+        line = await obs.wait(f"{h}/log/error/{nid}", lambda p: b"components.json" in p)
+        assert line.endswith(b"config components.json not used: components.json:2:24: unexpected 'p'")
+        await vn.wait_for("config from components.d")
+        info = await obs.wait_json(f"{h}/{nid}/info")
+        assert info["components"] == {"relay1": "1.2.0"}
+        assert info["failed"] == {"relay2": "ValueError: component: required, a string"}
+
+
 async def test_server_config_applied_by_restart_and_acked(start_node: StartNode, settings: BrokerSettings,
                                                           nid: str) -> None:
     h = settings.home
