@@ -210,6 +210,26 @@ async def test_adapter_gone_and_back(settings: BrokerSettings, tmp_path: Path, e
         await heard.wait(on(f"{home}/{HUB}/obd/RPM"), after=len(heard.seen))
 
 
+@pytest.mark.slow
+async def test_adapter_without_car_then_car(settings: BrokerSettings, tmp_path: Path) -> None:
+    """The emulator's `engineoff` scenario: the adapter answers, the ECU does not (python-OBD takes ~5 s
+    to say so). The car comes on the same port: the job goes from `no car` to `connected`."""
+    home = settings.home
+    status = f"{home}/{HUB}/obd/status"
+    off = Emulator(tmp_path / "off", scenario="engineoff").start()
+    try:
+        async with listening(settings, f"{home}/{HUB}/obd/#") as heard, \
+                running(settings, tmp_path, job_config(off, watch={"RPM": 5})):
+            await heard.wait(on(status, "no car"), timeout=30)
+            assert heard.count(f"{home}/{HUB}/obd/RPM") == 0
+            off.stop()
+            with Emulator(tmp_path / "on", port=off.port):
+                await heard.wait(on(f"{home}/{HUB}/obd/RPM"), timeout=30)
+                await heard.wait(on(status, "connected"))
+    finally:
+        off.stop()
+
+
 async def test_key_off_stops_polling(settings: BrokerSettings, tmp_path: Path, elm: Emulator) -> None:
     home = settings.home
     rpm = f"{home}/{HUB}/obd/RPM"
