@@ -53,6 +53,7 @@ _DISCONNECT = b"\xe0\x00"
 
 _RBUF = const(256)  # incoming packets up to this size are read in one go into a preallocated buffer
 _OBUF = const(256)  # outgoing PUBLISH packets up to this size are assembled and written in one go
+_SEEN = const(8)  # QoS 1 messages remembered, so a DUP redelivery of one already handled is dropped
 _RETRIES = const(2)  # resends (with DUP) of an unacknowledged QoS 1 PUBLISH before the link is called dead
 _STABLE_MS = const(30000)  # a link that lived this long resets the backoff
 _REFUSED = ("", "unacceptable protocol version", "client id rejected", "server unavailable",
@@ -237,6 +238,8 @@ class MQTTClient:
         self._abuf = bytearray(4)  # PUBACK
         self._q = _Ring(queue_len)  # outgoing while offline: (topic bytes, msg, retain, qos, pid)
         self._inbox = _Ring(queue_len)  # incoming, for `async for`: (topic, msg, retained)
+        self._seen = [0] * _SEEN  # keys (packet id + hash) of the last QoS 1 messages received
+        self._seen_i = 0
         self._rxev = asyncio.Event()
         self._ready = asyncio.Event()  # connected, subscriptions restored, queue flushed
         self._down = asyncio.Event()  # the current link is gone
@@ -268,6 +271,7 @@ class MQTTClient:
         self.malformed = 0
         self.foreign = 0  # incoming messages that match none of our subscriptions
         self.rx_dropped = 0  # incoming messages dropped because nobody read them fast enough
+        self.redelivered = 0  # DUP redeliveries of QoS 1 messages already handled, dropped
         self.last_connect_ms = None  # how long the last successful connect took
 
     # --- public API -----------------------------------------------------------------------------
@@ -298,7 +302,8 @@ class MQTTClient:
     def stats(self):
         return {"reconnects": self.reconnects, "dropped": self.dropped, "rx": self.rx, "tx": self.tx,
                 "skipped": self.skipped, "malformed": self.malformed, "foreign": self.foreign,
-                "rx_dropped": self.rx_dropped, "queued": self._q.n, "last_connect_ms": self.last_connect_ms}
+                "rx_dropped": self.rx_dropped, "redelivered": self.redelivered, "queued": self._q.n,
+                "last_connect_ms": self.last_connect_ms}
 
     async def publish(self, topic, msg, retain=False, qos=0):
         """Send now (QoS 1: until PUBACK) or queue while offline. True when sent, False when queued."""
@@ -468,6 +473,8 @@ class MQTTClient:
                 return False
             if not session:
                 self._confirmed.clear()
+                for i in range(_SEEN):
+                    self._seen[i] = 0
                 self._unsub_todo.clear()
             for f in list(self._unsub_todo):
                 if not await self._request(gen, _UNSUBSCRIBE, f, 0):
@@ -875,6 +882,15 @@ class MQTTClient:
             return
         if qos:
             await self._send(gen, _PUBACK, None, pid=pid)
+            # A broker resends (DUP) a message whose PUBACK it never got, though we handled it: a
+            # TOGGLE would toggle twice. A small int key: packet id and a 14-bit hash of the message.
+            key = pid | ((hash(topic) ^ hash(msg)) & 0x3FFF) << 16
+            if kind & 8 and key in self._seen:
+                self.redelivered += 1
+                self._log("info", "dropped a redelivery of packet %d on %s: already handled" % (pid, topic))
+                return
+            self._seen[self._seen_i] = key
+            self._seen_i = (self._seen_i + 1) % _SEEN
         self._deliver(topic, msg, bool(kind & 1))
         # Let the consumer (and every other task) run before the next message: the socket may
         # hold many, and reading them all at once would overflow the incoming queue.
