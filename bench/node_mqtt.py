@@ -62,6 +62,7 @@ async def rate(label, n, qos):
 
 async def receive(label, n):
     got = 0
+    gc.collect()
     async for topic, msg, retained in c:
         if got == 0:
             t0 = ticks_ms()
