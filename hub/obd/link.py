@@ -2,8 +2,8 @@
 
 python-OBD is blocking and not thread-safe, so one thread ("obd-link") connects (with backoff), polls
 the watch list at each command's rate, and runs the one-off calls (`query`, the voltage and trouble
-code reads) between two polls. The event loop only hands it work and takes its answers, through the
-`deliver` callback (which the job makes thread-safe): it never waits on the adapter.
+code reads) between two polls. It runs in the adapter worker process (hub/obd/worker.py), whose main
+thread hands it requests and whose `deliver` callback writes its reports for the job.
 """
 
 from __future__ import annotations
@@ -70,8 +70,6 @@ class Link:
     _stopping: bool = field(default=False, init=False)
     _thread: threading.Thread | None = field(default=None, init=False)
     state: str = field(default="disconnected", init=False)
-    connects: int = field(default=0, init=False)
-    answers: int = field(default=0, init=False)
 
     # --- called from the event loop; each takes the lock only briefly -------------------------------
 
@@ -139,7 +137,8 @@ class Link:
                 for fn, future in calls:
                     self._do_call(conn, fn, future)
                 if conn is not None and conn.status() != OBDStatus.CAR_CONNECTED:
-                    conn = self._drop(conn, STATES[conn.status()])
+                    self._drop(conn, STATES[conn.status()])
+                    conn = None
                 if conn is None:
                     if paused:
                         self._sleep(None)
@@ -162,10 +161,10 @@ class Link:
                     empty += 1
                     if empty >= self.settings.stale_after:
                         log.warning("%d empty answers in a row: connecting again", empty)
-                        conn = self._drop(conn, "no car")
+                        self._drop(conn, "no car")
+                        conn = None
                     continue
                 empty = 0
-                self.answers += 1
                 self.deliver("value", resp)
         except Exception as exc:  # a bug here must not leave the thread dead and the job unaware
             log.exception("OBD link thread failed")
@@ -212,7 +211,6 @@ class Link:
         if status != OBDStatus.CAR_CONNECTED:
             conn.close()
             return None
-        self.connects += 1
         log.info("connected to %s (%s), %d commands supported", s.port, conn.protocol_name(),
                  len(conn.supported_commands))
         self.deliver("supported", {c.name for c in conn.supported_commands})
@@ -221,7 +219,6 @@ class Link:
     def _drop(self, conn: obd.OBD, state: str) -> None:
         conn.close()
         self._set_state(state)
-        return None
 
     def _set_state(self, state: str) -> None:
         if state != self.state:
