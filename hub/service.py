@@ -206,6 +206,7 @@ class _Link:
         self.will = will
         self.client: FleetClient | None = None
         self.connected = asyncio.Event()
+        self.down = asyncio.Event()  # set when the link drops, cleared when it is up again
         self.reconnects = 0
         self.task: asyncio.Task[None] | None = None
         self.subs: list[_Subscription] = []
@@ -302,6 +303,7 @@ class _Link:
                         await self._subscribe(client, f, qos)
                     if on_connect is not None:
                         await on_connect(client)
+                    self.down.clear()
                     self.connected.set()
                     delay = 1.0
                     log.info("hub %s: %s link connected to %s", service.id, self.name, settings.public_url)
@@ -317,6 +319,7 @@ class _Link:
                             settings.public_url, exc, delay)
             finally:
                 self.connected.clear()
+                self.down.set()
                 self.client = None
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
@@ -574,10 +577,17 @@ class HubService:
             self._wake.clear()
             if not self._main.connected.is_set():
                 continue  # the link sets _wake again when it is back
+            # Both started here and ended below: a publish on a link that just died would wait for
+            # aiomqtt's 10 s timeout, so the flush gives up when the link goes down (lines stay queued).
+            flush = asyncio.create_task(self._flush(), name="hub-outbox-flush")
+            down = asyncio.create_task(self._main.down.wait(), name="hub-outbox-down")
             try:
-                await self._flush()
-            except (aiomqtt.MqttError, BrokerError) as exc:
-                log.warning("hub %s: outbox: %s", self.id, exc)
+                await asyncio.wait((flush, down), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                flush.cancel()
+                down.cancel()
+            if flush.done() and not flush.cancelled() and flush.exception() is not None:
+                log.warning("hub %s: outbox: %s", self.id, flush.exception())
 
     async def _flush(self) -> None:
         client = self._main.client

@@ -168,7 +168,7 @@ async def test_reload_keeps_running_on_a_bad_file(settings: BrokerSettings, tmp_
 
 
 @pytest.mark.slow
-async def test_subscriptions_and_state_survive_a_broker_restart(
+async def test_subscriptions_state_and_logs_survive_a_broker_restart(
         mosquitto_factory: Callable[..., Mosquitto], home: str, tmp_path: Path) -> None:
     broker = mosquitto_factory()
     settings = BrokerSettings(broker.url, home)
@@ -178,10 +178,20 @@ async def test_subscriptions_and_state_survive_a_broker_restart(
     rules: { ping: { on: { topic: "{home}/ping" }, do: [ { publish: "{home}/pong", payload: "1" } ] } }
     """
     async with running_hub(text, settings, tmp_path) as hub:
-        broker.restart()  # same port; every client is cut off
-        async with Watch(settings, f"{home}/t4/status", f"{home}/pong") as w:
+        broker.stop()  # every client is cut off
+        hub.logger("rules").warning("logged while the broker was away")
+        broker.start()  # same port
+        async with Watch(settings, f"{home}/t4/status", f"{home}/pong", f"{home}/log/#",
+                         f"homeassistant/+/t4/#") as w:
             await w.wait(lambda s: s.payload == "online", timeout=15, what="online again")
             await hub.wait_connected(15)
+            log = await w.wait(lambda s: s.topic == f"{home}/log/warning/t4", what="the log line kept offline")
+            assert log.payload.endswith("Z rules: logged while the broker was away")
             await w.publish(f"{home}/ping", "x")
             await w.wait(lambda s: s.topic == f"{home}/pong", what="the rule still reacts")
+            # Home Assistant coming online gets the discovery again.
+            await w.wait(lambda s: s.topic == "homeassistant/sensor/t4/job_rules/config", what="discovery")
+            n = len(w.on("homeassistant/sensor/t4/job_rules/config"))
+            await w.publish("homeassistant/status", "online")
+            await w.wait(lambda s: len(w.on("homeassistant/sensor/t4/job_rules/config")) > n, what="again")
         assert hub.info()["reconnects"] == 1 and hub.states["rules"]["restarts"] == 0
