@@ -52,8 +52,10 @@ class Hub(Protocol):
     def topic(self, *parts: str) -> str:
         """`<home>/<hub-id>/<parts…>`."""
 
-    async def publish(self, topic: str, payload: str | bytes | None = None, qos: int = 0,
-                      retain: bool = False) -> None: ...
+    async def publish(self, topic: str, payload: str | bytes | None = None, qos: int = 0, retain: bool = False, *,
+                      response_topic: str | None = None, correlation: bytes | None = None) -> None:
+        """Publish on the hub's connection (MQTT 5 response topic and correlation data where it speaks 5);
+        waits up to 10 s for the link, else BrokerError."""
 
     def subscribe(self, topic_filter: str | Sequence[str], qos: int = 1, *,
                   bulk: bool = False) -> AbstractAsyncContextManager[AsyncIterator[aiomqtt.Message]]:
