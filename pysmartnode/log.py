@@ -38,9 +38,13 @@ def write(level, name, msg):
     global _dropped
     if level == DEBUG and not debug:
         return
-    line = "%s %s: %s" % (stamp(), name, msg)
-    print("[%s] %s" % (LEVELS[level], line))
-    _buf.append((level, line))
+    try:
+        line = "%s %s: %s" % (stamp(), name, msg)
+        print("[%s] %s" % (LEVELS[level], line))
+        _buf.append((level, line))
+    except MemoryError:  # logging never raises: the line is counted as dropped
+        _dropped += 1
+        return
     if len(_buf) > buffer_len:
         _buf.pop(0)
         _dropped += 1
@@ -97,7 +101,7 @@ async def pump(client, home, device):
         if _dropped:
             n, _dropped = _dropped, 0
             await client.publish(prefix + "warning" + suffix,
-                                 "%s log: %d lines dropped while offline" % (stamp(), n))
+                                 "%s log: %d lines dropped while offline or short of memory" % (stamp(), n))
         while _buf and client.isconnected():
             level, line = _buf[0]
             await client.publish(prefix + LEVELS[level] + suffix, line)

@@ -271,8 +271,11 @@ class Node:
                     await self.discover()
                     await self.config.after_boot()
                     first = False
-            except Exception as e:
-                _l.exception(e, "after connect")
+            except Exception as e:  # e.g. a MemoryError at a peak: the same work again in 5 s
+                _l.exception(e, "after connect, again in 5 s")
+                gc.collect()
+                await asyncio.sleep(5)
+                self._link.set()
 
     async def _housekeeping(self):
         from pysmartnode import watchdog
