@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,17 +36,23 @@ def job_config(elm: Emulator, **extra: Any) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
+async def background(coro: Coroutine[Any, Any, None], name: str) -> AsyncIterator[None]:
+    """Run `coro` as a task named `name` while the block runs; cancelled when the block ends."""
+    task = asyncio.create_task(coro, name=name)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, 15)  # a task that does not stop fails the test, never hangs it
+
+
+@contextlib.asynccontextmanager
 async def running(settings: BrokerSettings, tmp_path: Path, config: dict[str, Any]) -> AsyncIterator[ObdJob]:
     async with StubHub(settings, HUB, tmp_path) as hub:
         job = ObdJob(hub, config)
-        # Started per test, cancelled when the test leaves the block (as the service stops a job).
-        task = asyncio.create_task(job.run(), name="test-obd-job")
-        try:
+        async with background(job.run(), "test-obd-job"):  # as the service runs and stops a job
             yield job
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(task, 15)  # a job that does not stop fails the test, never hangs it
 
 
 class Listener:
@@ -89,14 +95,8 @@ async def listening(settings: BrokerSettings, *filters: str) -> AsyncIterator[Li
         for f in filters:
             await client.subscribe(f, 1)
         listener = Listener(client)
-        # Started per test; cancelled when the test leaves the block.
-        task = asyncio.create_task(listener.read(), name="test-obd-listener")
-        try:
+        async with background(listener.read(), "test-obd-listener"):
             yield listener
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
 
 def on(topic: str, payload: str | None = None) -> Callable[[str, bytes], bool]:
