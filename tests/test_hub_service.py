@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -18,7 +21,8 @@ from hub import config, jobs
 from hub.job import Job
 from tests.hub_helpers import Watch, running_hub
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "hub.hjson"
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "hub.hjson"
 
 
 class CrashyJob(Job):
@@ -182,7 +186,7 @@ async def test_subscriptions_state_and_logs_survive_a_broker_restart(
         hub.logger("rules").warning("logged while the broker was away")
         broker.start()  # same port
         async with Watch(settings, f"{home}/t4/status", f"{home}/pong", f"{home}/log/#",
-                         f"homeassistant/+/t4/#") as w:
+                         "homeassistant/+/t4/#") as w:
             await w.wait(lambda s: s.payload == "online", timeout=15, what="online again")
             await hub.wait_connected(15)
             log = await w.wait(lambda s: s.topic == f"{home}/log/warning/t4", what="the log line kept offline")
@@ -195,3 +199,25 @@ async def test_subscriptions_state_and_logs_survive_a_broker_restart(
             await w.publish("homeassistant/status", "online")
             await w.wait(lambda s: len(w.on("homeassistant/sensor/t4/job_rules/config")) > n, what="again")
         assert hub.info()["reconnects"] == 1 and hub.states["rules"]["restarts"] == 0
+
+
+@pytest.mark.slow
+async def test_fleet_hub_run_starts_and_stops_cleanly_on_sigterm(settings: BrokerSettings, tmp_path: Path) -> None:
+    path = tmp_path / "hub.hjson"
+    path.write_text(f'id: t5\nworkdir: {tmp_path / "data"}\njobs: ["rules", "stats"]\n')
+    home = settings.home
+    async with Watch(settings, f"{home}/t5/status", f"{home}/t5/jobs") as w:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "fleet.cli", "hub", "run", "--config", str(path), "--broker", settings.url,
+            "--home", home, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        try:
+            await w.wait(lambda s: s.payload == "online", timeout=30, what="online")
+            await w.wait(lambda s: s.topic.endswith("/jobs") and s.json()["stats"]["state"] == "running")
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), 15) == 0
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+        await w.wait(lambda s: s.topic.endswith("/jobs") and s.json()["stats"]["state"] == "stopped")
+        assert w.on(f"{home}/t5/status")[-1].payload == "offline"
