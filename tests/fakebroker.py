@@ -43,6 +43,8 @@ class Connection:
     keepalive: int
     clean_session: bool
     will: tuple[str, bytes] | None
+    user: str | None
+    password: bytes | None
     writer: asyncio.StreamWriter
 
 
@@ -54,6 +56,7 @@ class FakeBroker:
     host: str = "127.0.0.1"
     answer_pings: bool = True
     ack_publishes: bool = True
+    refuse: int = 0  # a CONNACK return code other than 0 refuses every client
     connections: list[Connection] = field(default_factory=list)
     published: list[tuple[str, bytes, int, bool, bool]] = field(default_factory=list)  # + retain, dup
     subscribed: list[tuple[str, int]] = field(default_factory=list)
@@ -159,8 +162,12 @@ class FakeBroker:
                 fields.append(body[i + 2:i + 2 + ln])
                 i += 2 + ln
             will = (fields[1].decode(), fields[2]) if flags & 0x04 else None
-            self.connections.append(Connection(fields[0].decode(), keepalive, bool(flags & 2), will, writer))
-            writer.write(b"\x20\x02\x00\x00")
+            rest = fields[3:] if will else fields[1:]
+            user = rest.pop(0).decode() if flags & 0x80 else None
+            password = rest.pop(0) if flags & 0x40 else None
+            self.connections.append(Connection(fields[0].decode(), keepalive, bool(flags & 2), will, user, password,
+                                               writer))
+            writer.write(bytes([0x20, 2, 0, self.refuse]))
         elif kind == 0x30:  # PUBLISH
             qos = first >> 1 & 3
             tl = int.from_bytes(body[:2], "big")

@@ -40,7 +40,8 @@ def log(level, msg):
 async def on_connect():
     print("ONCONNECT", c.reconnects)
 
-c = MQTTClient(cfg["id"], cfg.get("host", "127.0.0.1"), cfg["port"], tls=cfg.get("tls"),
+c = MQTTClient(cfg["id"], cfg.get("host", "127.0.0.1"), cfg["port"], cfg.get("user"), cfg.get("password"),
+               tls=cfg.get("tls"),
                keepalive=cfg.get("keepalive", 60),
                clean_session=cfg.get("clean", False), queue_len=cfg.get("queue_len", 32),
                max_packet=cfg.get("max_packet", 4096), on_connect=on_connect, log=log,
@@ -371,3 +372,17 @@ def test_nothing_is_lost_when_the_link_stalls(mosquitto: Mosquitto, upy, tmp_pat
                 got.add(int(w.next(0.5)[1]))
         assert len(got) > 15
         assert got == set(range(max(got) + 1))  # every number arrived (a duplicate is allowed, a gap is not)
+
+
+def test_a_refused_connect_is_logged_and_retried(upy, tmp_path: Path) -> None:
+    with FakeBroker(refuse=5) as fb:
+        node = start_node(upy, tmp_path, id="n11", port=fb.port, prefix="h/n11", user="n11", password="wrong",
+                          backoff_min=0.2)
+        node.wait_for("^LOG warning cannot connect to 127.0.0.1:.*: OSError broker refused: not authorised")
+        fb.wait(lambda: len(fb.connections) >= 2)  # it keeps trying, with backoff
+        c = fb.connections[0]
+        assert (c.client_id, c.user, c.password, c.clean_session, c.keepalive) == ("n11", "n11", b"wrong", False, 60)
+        assert c.will == ("h/n11/status", b"offline")
+        fb.refuse = 0
+        node.wait_for("^READY")
+        assert node.alive and "Traceback" not in node.output
