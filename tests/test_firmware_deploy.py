@@ -80,6 +80,14 @@ async def test_deploy_refuses_a_bundle_for_another_board(tmp_path: Path, setting
         assert not (tmp_path / "fs" / "lib").exists()
 
 
+async def wait_in_file(path: Path, text: bytes, timeout: float = 20) -> None:
+    for _ in range(int(timeout * 10)):
+        if text in path.read_bytes():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{text!r} not in {path}:\n{path.read_text(errors='replace')[-3000:]}")
+
+
 def readme_steps() -> list[str]:
     text = (REPO / "README.md").read_text()
     section = text.split("## Deploy to a node", 1)[1]
@@ -107,24 +115,14 @@ async def test_readme_deploy_to_a_node(tmp_path: Path, settings: BrokerSettings)
                     # the background node; ended with ^C (SIGINT) below, which stops its VM too
                     node = await asyncio.create_subprocess_exec(*argv, cwd=tmp_path, stdout=log,
                                                                 stderr=asyncio.subprocess.STDOUT)
-                    for _ in range(100):
-                        if b"no module named 'pysmartnode'" in (tmp_path / "node.log").read_bytes():
-                            break
-                        await asyncio.sleep(0.1)
-                    else:
-                        raise AssertionError((tmp_path / "node.log").read_text())
+                    await wait_in_file(tmp_path / "node.log", b"no module named 'pysmartnode'")
                 else:
                     out = await run(*argv, cwd=tmp_path)
                     if argv[2] == "bundle":
                         assert "total (" in out and "lib/components/sensors/bme280.mpy" in out
             assert (tmp_path / "nodes" / "room" / "lib" / "pysmartnode" / "node.mpy").is_file()
             await obs.wait(status, lambda p: p == b"online", timeout=20)
-            for _ in range(100):
-                if b"loaded 5 of 5 components" in (tmp_path / "node.log").read_bytes():
-                    break
-                await asyncio.sleep(0.1)
-            else:
-                raise AssertionError((tmp_path / "node.log").read_text())
+            await wait_in_file(tmp_path / "node.log", b"loaded 5 of 5 components")
     finally:
         if node is not None and node.returncode is None:
             node.send_signal(signal.SIGINT)
