@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -214,11 +215,16 @@ class ObdJob(Job):
     # --- the python-OBD API over MQTT -------------------------------------------------------------------
 
     async def _serve_api(self) -> None:
-        async with self.hub.subscribe(self.hub.topic("obd", "api", "+")) as messages:
-            async for msg in messages:
+        async with self.hub.subscribe(self.hub.topic("obd", "api", "+")) as messages, \
+                asyncio.TaskGroup() as requests:
+            for n in itertools.count(1):
+                msg = await anext(messages)
                 if msg.retain:
                     continue  # a request is an event, not a state
-                await self._answer(msg)
+                # One task per request, ending with its reply: a query waiting on the adapter holds up
+                # no other request. Requests that change the watch list do so before their first await,
+                # so they take effect in arrival order.
+                requests.create_task(self._answer(msg), name=f"obd-api-{n}")
 
     async def _answer(self, msg: aiomqtt.Message) -> None:
         topic = msg.topic.value
