@@ -68,15 +68,21 @@ async def test_deploy_onto_a_virtual_device(tmp_path: Path, settings: BrokerSett
 
 
 async def test_deploy_refuses_a_bundle_for_another_board(tmp_path: Path, settings: BrokerSettings) -> None:
-    bundle = make_bundle(tmp_path / "bundle", "esp8266", packages=[".machine.relay"]).out
-    async with VirtualNode(tmp_path / "fs", "x1", settings, pty=tmp_path / "x1.pty", source_tree=False) as vn:
-        await vn.wait_for("no module named 'pysmartnode'")
+    esp = make_bundle(tmp_path / "esp", "esp8266", packages=[".machine.relay"]).out
+    old = make_bundle(tmp_path / "old", "unix", packages=[".machine.relay"], micropython="1.18").out
+
+    async def refused(bundle: Path) -> str:
         proc = await asyncio.create_subprocess_exec(
             BIN / "fleet", "firmware", "deploy", "--port", tmp_path / "x1.pty", "--bundle", bundle,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         out = (await asyncio.wait_for(proc.communicate(), 30))[0].decode()
-        assert proc.returncode == 2
-        assert "runs MicroPython on 'linux', the bundle is for esp8266: make it with --target unix" in out
+        assert proc.returncode == 2, out
+        return out
+
+    async with VirtualNode(tmp_path / "fs", "x1", settings, pty=tmp_path / "x1.pty", source_tree=False) as vn:
+        await vn.wait_for("no module named 'pysmartnode'")
+        assert "on 'linux', the bundle is for esp8266: make it with --target unix" in await refused(esp)
+        assert "loads .mpy v6, the bundle holds v5.0" in await refused(old)  # made for MicroPython 1.18
         assert not (tmp_path / "fs" / "lib").exists()
 
 
