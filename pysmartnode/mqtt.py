@@ -546,7 +546,10 @@ class MQTTClient:
                 ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
         if t.get("cert"):
-            ctx.load_cert_chain(t["cert"], t.get("key"))
+            if hasattr(ctx, "load_default_certs"):  # CPython takes file paths
+                ctx.load_cert_chain(t["cert"], t.get("key"))
+            else:  # MicroPython's mbedtls takes the data, as DER
+                ctx.load_cert_chain(_der(t["cert"]), _der(t["key"]))
         return ctx
 
     # --- sending --------------------------------------------------------------------------------
@@ -952,7 +955,8 @@ class MQTTClient:
 
 
 def _der(path):
-    """A certificate file as DER: MicroPython's mbedtls takes CA data only so (CPython does too)."""
+    """A certificate or key file as DER: MicroPython's mbedtls takes them only so (CPython's
+    load_verify_locations does too)."""
     with open(path, "rb") as f:
         data = f.read()
     begin = data.find(b"-----BEGIN")

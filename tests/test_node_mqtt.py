@@ -353,6 +353,20 @@ def test_tls_verifies_the_broker(mosquitto_factory, upy, tmp_path: Path, home: s
     assert "READY" not in bad.output, bad.output
 
 
+def test_tls_with_a_client_certificate(mosquitto_factory, upy, tmp_path: Path, home: str) -> None:
+    files = make_tls(tmp_path / "tls", ["localhost"])
+    broker = mosquitto_factory(tls=TLSFiles(str(files["ca"]), str(files["cert"]), str(files["key"]),
+                                            require_certificate=True))
+    tls = {"ca": str(files["ca"]), "cert": str(files["client_cert"]), "key": str(files["client_key"])}
+    node = start_node(upy, tmp_path, id=f"{home}-n12", host="localhost", port=broker.tls_port,
+                      prefix=f"{home}/n12", tls=tls)
+    node.wait_for("^READY")
+    anonymous = start_node(upy, tmp_path, name="anon", id=f"{home}-n12b", host="localhost", port=broker.tls_port,
+                           prefix=f"{home}/n12", tls={"ca": str(files["ca"])})
+    anonymous.wait_for("^LOG warning cannot connect to localhost:")
+    assert "READY" not in anonymous.output
+
+
 def test_nothing_is_lost_when_the_link_stalls(mosquitto: Mosquitto, upy, tmp_path: Path, home: str) -> None:
     pre = f"{home}/n10"
     with Watcher(mosquitto.port, "w10") as w, FaultProxy("127.0.0.1", mosquitto.port) as proxy:
