@@ -81,3 +81,13 @@ def test_a_pem_ca_becomes_der(tmp_path) -> None:  # MicroPython's mbedtls takes 
     with_junk = tmp_path / "ca.pem"
     with_junk.write_text("Bag Attributes\n    friendlyName: home\r\n" + pem.replace("\n", "\r\n"))
     assert mqtt._der(str(with_junk)) == ssl.PEM_cert_to_DER_cert(pem)
+
+
+def test_packet_ids_wrap_and_skip_the_ones_in_use() -> None:
+    c = mqtt.MQTTClient("n", "127.0.0.1")
+    c._pid = 65534
+    c._pending = {65535: [None, None, None], 1: [None, None, None]}  # awaited, or held by a requeued message
+    assert [c._newpid() for _ in range(3)] == [2, 3, 4]
+    c._pid = 65533
+    c._pending = {}
+    assert [c._newpid() for _ in range(3)] == [65534, 65535, 1]  # never 0
