@@ -1,12 +1,15 @@
 # The node's MQTT 3.1.1 client: asyncio streams, one link kept alive for the node's whole life.
 #
 # MicroPython first (ESP32, ESP8266, the unix port); it also imports under CPython so that the
-# packet code and topic matching can be unit-tested fast. Design notes:
-# - One connection-keeper task connects, starts a reader and a pinger per connection, restores
-#   subscriptions, flushes what was queued while offline, and reconnects with capped exponential
-#   backoff and jitter. Nothing the link does ever raises into the caller.
-# - Buffers for incoming and outgoing packets are allocated once; a message costs its topic string
-#   and payload bytes. Incoming packets above `max_packet` are read and discarded in small chunks.
+# packet code and topic matching can be unit-tested fast. On an ESP8266 it must be frozen or
+# precompiled (.mpy): compiling this source needs more heap than that chip has. Design notes:
+# - Long-running tasks: the keeper (start() to close()) connects and, per connection, starts a
+#   reader and a ticker (acks timing out, keepalive pings, dead-link detection) that end with that
+#   link; it restores subscriptions, flushes what was queued while offline, runs on_connect, and
+#   reconnects with capped exponential backoff and jitter. Nothing the link does raises into callers.
+# - Packets are assembled in and read into buffers allocated once; a message leaves behind its
+#   topic string, its payload bytes and a few coroutine frames (bench/node_mqtt.py measures it).
+#   Incoming packets above `max_packet` are read and discarded in small chunks.
 # - Persistent session by default, so QoS 1 commands sent while the node was away still reach it.
 import asyncio
 from random import getrandbits
