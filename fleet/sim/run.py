@@ -172,6 +172,7 @@ class Sim:
     interrupted: bool = False
     started: float = field(default_factory=time.monotonic)
     boot_time: float | None = None  # seconds until every node was configured
+    configured_at_end: int = 0  # nodes online with their config when the scenario ended
     problems: list[str] = field(default_factory=list)  # device files that were refused, parts that died
     temporary: bool = False
 
@@ -384,6 +385,7 @@ class Sim:
                 if left is None or left > 0:
                     await asyncio.wait([stopper], timeout=left)  # the fleet runs on until --duration
             self.interrupted = stop.is_set()
+            self.configured_at_end = sum(1 for n in self.nodes if self.watch.device(n).configured)
             for task in (player, stopper):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

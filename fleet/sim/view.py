@@ -90,7 +90,7 @@ def summary(sim: Sim) -> RenderableType:
     lines = [Text.assemble(("fleet sim: ", "bold"), (verdict, style),
                            f" — {held}/{expected} expectations held, {sim.elapsed():.0f} s, "
                            f"{w.total:,} messages, scenario {sim.scenario.path}")]
-    configured = sum(1 for n in sim.nodes if w.device(n).configured)
+    configured = sim.configured_at_end
     boot = f"; all configured {sim.boot_time:.1f} s after the start" if sim.boot_time is not None else ""
     lines.append(Text(f"nodes: {len(sim.nodes)}, {configured} configured at the end{boot}"))
     errors = w.levels.get("error", 0) + w.levels.get("critical", 0)

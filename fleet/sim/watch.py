@@ -41,8 +41,10 @@ class Device:
 
     @property
     def configured(self) -> bool:
-        """Online and running the config the server sent (the last ack says it applied)."""
-        return (self.status == "online" and self.config is not None
+        """Online, running the config the server sent (the last ack says it applied), and the `info` that
+        says so was sent after it came online (not the retained one of its previous life)."""
+        online_since = self.changes[-1][0] if self.changes else 0.0
+        return (self.status == "online" and self.config is not None and self.heard >= online_since
                 and self.ack.get("state") == "applied" and self.ack.get("v") == self.config)
 
 
