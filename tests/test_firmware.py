@@ -134,6 +134,9 @@ def test_device_secrets_only_in_its_own_bundle(tmp_path: Path) -> None:
     others += [bytes.fromhex(k) for dev, k in creds.keys.items() if dev != "door"]
     others += [k.encode() for dev, k in creds.keys.items() if dev != "door"]
     assert len(others) > 6 and not [s for s in others if s in blob]
+    frozen = make_bundle(tmp_path / "frozen", "esp8266", devices=DEVICES, device="door", frozen=True).out
+    assert not (frozen / "lib").exists() and json.loads((frozen / "package.json").read_text())["urls"] == []
+    assert (frozen / "config.py").is_file() and (frozen / "components.d" / "bell.json").is_file()
     with pytest.raises(FirmwareError, match="goes with --device"):
         make_bundle(tmp_path / "x", "esp32", credentials=tmp_path / "creds")
 
