@@ -3,7 +3,8 @@
 1. The smallest `-X heapsize` on which a node with logging and four components (an I2C bus, a sensor on
    it, two relays; everything from .mpy) boots and runs 10,000 messages (5,000 /set commands in, 5,000
    states out) without a MemoryError or a reset; and the free heap after boot at that size.
-2. The /set -> state round trip (median, p99) over 1,000 commands, on a 256K heap.
+2. Heap free (reported by `info`, after gc) before and after those 10,000 messages on a 256K heap.
+3. The /set -> state round trip (median, p99) over 1,000 commands, on a 256K heap.
 Mosquitto runs with `set_tcp_nodelay true` (without it each round trip waits ~40 ms for delayed ACKs).
 
     .venv/bin/python bench/node_runtime.py [--quick]
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import re
 import statistics
 import sys
@@ -38,8 +40,9 @@ BOARD = {"models": [{"model": "thermochip", "module": "parts", "bus": "i2c", "ad
 
 
 async def run_node(settings: BrokerSettings, workdir: Path, heap: str, commands: int,
-                   window: int = 8) -> tuple[bool, int | None, list[float], str]:
-    """(survived, free heap after boot, round trips in s, output) for `commands` /set commands."""
+                   window: int = 8) -> tuple[bool, int | None, list[float], str, tuple[int, int]]:
+    """(survived, free heap after boot, round trips in s, output, (heap free by `info` before, after))
+    for `commands` /set commands."""
     fs = make_fs(workdir / f"fs-{heap}", {"components.json": CONFIG, "board.json": BOARD})
     compile_mpy(fs)
     node_id = f"bench{heap.lower()}"
@@ -48,9 +51,9 @@ async def run_node(settings: BrokerSettings, workdir: Path, heap: str, commands:
     async with Observer(settings, f"{h}/{node_id}/#") as obs, \
             VirtualNode(fs, node_id, settings, heap=heap) as vn:
         try:
-            await obs.wait(f"{h}/{node_id}/info", timeout=20)
+            before = json.loads(await obs.wait(f"{h}/{node_id}/info", timeout=20))["heap_free"]
         except AssertionError:
-            return False, None, rtts, vn.output
+            return False, None, rtts, vn.output, (0, 0)
         free = None
         if m := re.search(r"running, \d+ components, heap free (\d+)", vn.output):
             free = int(m[1])
@@ -72,13 +75,13 @@ async def run_node(settings: BrokerSettings, workdir: Path, heap: str, commands:
                     try:
                         await asyncio.wait_for(obs._new.wait(), 5)
                     except TimeoutError:
-                        return False, free, rtts, vn.output + f"\n[bench] stalled after {done} commands"
+                        return False, free, rtts, vn.output + f"\n[bench] stalled after {done} commands", (0, 0)
             relay = 1 + i % 2
             value = "ON" if (i // 2) % 2 == 0 else "OFF"
             sent[i] = time.perf_counter()
             await obs.publish(f"{h}/{node_id}/relay{relay}/set", value)
             if time.monotonic() > deadline:
-                return False, free, rtts, vn.output + "\n[bench] too slow"
+                return False, free, rtts, vn.output + "\n[bench] too slow", (0, 0)
         while done < commands and time.monotonic() < deadline:
             while seen < len(obs.msgs):
                 if obs.msgs[seen][0] in state_topics:
@@ -94,11 +97,11 @@ async def run_node(settings: BrokerSettings, workdir: Path, heap: str, commands:
         m0 = obs.mark()
         await obs.publish(f"{h}/{node_id}/cmd/set", "info")
         try:
-            await obs.wait(f"{h}/{node_id}/info", start=m0, timeout=5)
+            after = json.loads(await obs.wait(f"{h}/{node_id}/info", start=m0, timeout=5))["heap_free"]
         except AssertionError:
-            return False, free, rtts, vn.output + "\n[bench] no info after the run"
+            return False, free, rtts, vn.output + "\n[bench] no info after the run", (0, 0)
         ok = done == commands and vn.boots == 1 and "MemoryError" not in vn.output
-        return ok, free, rtts, vn.output
+        return ok, free, rtts, vn.output, (before, after)
 
 
 def kib(heap: str) -> int:
@@ -119,13 +122,13 @@ async def main() -> None:
             settings = BrokerSettings(broker.url, "bench")
             # smallest heap: bisect in 4K steps between a size that fails and one that passes
             lo, hi = 48, 144
-            ok, free, _, out = await run_node(settings, work, f"{hi}K", commands)
+            ok, free, _, out, _ = await run_node(settings, work, f"{hi}K", commands)
             if not ok:
                 sys.exit(f"{hi}K does not run the node:\n{out[-3000:]}")
             results = {hi: free}
             while hi - lo > 4:
                 mid = (lo + hi) // 2 // 4 * 4
-                ok, free, _, out = await run_node(settings, work, f"{mid}K", commands)
+                ok, free, _, out, _ = await run_node(settings, work, f"{mid}K", commands)
                 print(f"  heap {mid}K: {'ok' if ok else 'fails'} (free after boot {free})", flush=True)
                 if ok:
                     hi, results[mid] = mid, free
@@ -133,7 +136,12 @@ async def main() -> None:
                     lo = mid
             print(f"smallest heap that boots 4 components (.mpy) and runs {2 * commands} messages: {hi}K "
                   f"(x64 unix port); free heap after boot there: {results[hi]} bytes")
-            ok, free, rtts, out = await run_node(settings, work, "256K", trips, window=1)
+            ok, free, _, out, (before, after) = await run_node(settings, work, "256K", commands)
+            if not ok:
+                sys.exit(f"256K does not run the node:\n{out[-3000:]}")
+            print(f"heap free by info (after gc.collect) at 256K before / after {2 * commands} messages: "
+                  f"{before} / {after}")
+            ok, free, rtts, out, _ = await run_node(settings, work, "256K", trips, window=1)
             if not ok:
                 sys.exit(f"round trips failed:\n{out[-3000:]}")
             ms = sorted(r * 1000 for r in rtts)

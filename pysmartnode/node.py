@@ -196,6 +196,7 @@ class Node:
 
     # --- info and discovery --------------------------------------------------------------------------
     def info(self):
+        gc.collect()  # heap_free then means what is really free, comparable between reports
         d = {"fw": pysmartnode.__version__, "platform": pysmartnode.platform, "config": self.config_version,
              "components": self.versions, "failed": self.failed, "heap_free": gc.mem_free(),
              "heap_min": self.heap_min, "uptime": time.ticks_diff(time.ticks_ms(), self._t0) // 1000}
