@@ -11,6 +11,7 @@ MQTT_PORT = 1883  # 8883 for TLS
 MQTT_USER = None
 MQTT_PASSWORD = None
 MQTT_TLS = None  # {} for TLS with defaults, or {"ca": "/ca.pem", "cert": "/dev.pem", "key": "/dev.key"}
+#                 (also "verify": True, "server_hostname": "broker.example")
 MQTT_KEEPALIVE = 60  # seconds
 MQTT_QUEUE = 32  # messages kept while offline (oldest dropped first)
 MQTT_HOME = "home"  # topic root: <home>/<id>/...
