@@ -19,12 +19,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import threading
 from dataclasses import dataclass, field
 
 from fleet.broker import free_port
 
 DIRECTIONS = ("up", "down")
+
+
+def report(fault: str, **figures: object) -> None:
+    """A measured figure of a fault test (recovery time, heap …): printed (`pytest -s` shows it) and, when
+    FLEET_FAULT_FIGURES names a file, appended to it as a JSON line (bench/faults_report.py reads it)."""
+    line = json.dumps({"fault": fault, **figures})
+    print(f"FAULT {line}")
+    if path := os.environ.get("FLEET_FAULT_FIGURES"):
+        with open(path, "a") as f:
+            f.write(line + "\n")
 
 
 @dataclass
