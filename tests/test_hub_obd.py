@@ -195,6 +195,23 @@ async def test_api_verbs_over_mqtt(settings: BrokerSettings, tmp_path: Path, elm
         assert r["ok"]
 
 
+async def test_trouble_codes_published_when_they_change(settings: BrokerSettings, tmp_path: Path) -> None:
+    home = settings.home
+    dtc = f"{home}/{HUB}/obd/dtc"
+    with Emulator(tmp_path / "elm", dtcs=("02", "0143", "0196")) as elm:
+        async with listening(settings, f"{home}/{HUB}/obd/#") as heard, \
+                running(settings, tmp_path, job_config(elm, dtc_interval=0.3)):
+            _, raw, _ = await heard.wait(on(dtc))
+            assert json.loads(raw) == [["P0143", "O2 Sensor Circuit Low Voltage"],
+                                       ["P0196", "Engine Oil Temperature Sensor Range/Performance"]]
+            await asyncio.sleep(1.0)
+            assert heard.count(dtc) == 1  # read three times more, unchanged: not published again
+            r = await request(heard.client, heard, "query", {"command": "CLEAR_DTC", "id": "clear"}, None)
+            assert r["ok"] and r["result"]["value"] is None
+            _, raw, _ = await heard.wait(on(dtc, "[]"))
+            assert heard.count(dtc) == 2
+
+
 async def test_adapter_gone_and_back(settings: BrokerSettings, tmp_path: Path, elm: Emulator) -> None:
     home = settings.home
     status = f"{home}/{HUB}/obd/status"

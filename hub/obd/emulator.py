@@ -26,6 +26,9 @@ class Emulator:
     workdir: Path
     scenario: str = "car"
     port: int = 0
+    # Stored trouble codes in the emulator's hex ("0143" is P0143). On CAN a real ECU's answer starts with
+    # the number of codes, which the emulator leaves out: give it first, ("02", "0143", "0196").
+    dtcs: tuple[str, ...] = ()
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -38,8 +41,12 @@ class Emulator:
             self.port = free_port()
         batch = self.workdir / f"elm-{self.port}.out"
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # The emulator keeps its stored codes in `elm.obd_message.DTC_STORED`, empty unless set.
+        run = ["-m", "elm"] if not self.dtcs else [
+            "-c", f"import runpy, elm.obd_message as m; m.DTC_STORED[:] = {list(self.dtcs)!r}; "
+                  "runpy.run_module('elm', run_name='__main__', alter_sys=True)"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "elm", "-s", self.scenario, "-n", str(self.port), "-b", str(batch)],
+            [sys.executable, *run, "-s", self.scenario, "-n", str(self.port), "-b", str(batch)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             cwd=self.workdir, env=env, start_new_session=True)
         wait_port("127.0.0.1", self.port, timeout, alive=lambda: self.proc is not None and self.proc.poll() is None)

@@ -85,7 +85,7 @@ def _reply(reporter: Reporter, rid: int, future: concurrent.futures.Future[Any])
     exc = future.exception()
     if exc is not None:
         reply = {"id": rid, "ok": False, "error": str(exc), "link": isinstance(exc, ConnectionError)}
-    elif future.result().is_null():
+    elif not future.result().messages:  # (an answer may decode to null: CLEAR_DTC's does)
         reply = {"id": rid, "ok": False, "error": "no answer"}
     else:
         reply = {"id": rid, "ok": True, "result": encode.response(future.result())}
