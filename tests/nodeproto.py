@@ -10,14 +10,41 @@ import hmac
 import json
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from fleet.mqtt import BrokerSettings, FleetClient
 from fleet.upy import REPO
+from fleet.vnode import VirtualNode
 
 HEADER_ROOM = 120  # bytes kept for a piece's header line
+StartNode = Callable[..., Coroutine[Any, Any, VirtualNode]]
+
+
+@pytest.fixture(name="nid")
+def node_id(settings: BrokerSettings) -> str:
+    """The test's node id: discovery topics are global (not under `home`), so ids differ per test."""
+    return f"n{settings.home[1:9]}"
+
+
+@pytest.fixture(name="start_node")
+async def node_starter(tmp_path: Path, settings: BrokerSettings, nid: str) -> AsyncIterator[StartNode]:
+    """`await start_node(files, **VirtualNode options)`: a virtual node on a filesystem made by make_fs,
+    with the test's id and broker (`broker=` another); every node started is stopped at teardown."""
+    nodes: list[VirtualNode] = []
+
+    async def start(files: dict[str, Any], **kw: Any) -> VirtualNode:
+        vn = VirtualNode(make_fs(tmp_path / nid, files), nid, kw.pop("broker", settings), **kw)
+        nodes.append(vn)
+        await vn.__aenter__()
+        return vn
+
+    yield start
+    for vn in nodes:
+        await vn.stop()
 
 
 def pieces(config: dict[str, Any], counter: int, max_len: int = 1024, settings: dict[str, Any] | None = None,

@@ -6,37 +6,21 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from fleet.mqtt import BrokerSettings
-from fleet.vnode import VirtualNode
-from tests.nodeproto import Observer, compile_mpy, make_fs, pieces, relay_config
-
-StartNode = Callable[..., Coroutine[Any, Any, VirtualNode]]
-
-
-@pytest.fixture
-def nid(settings: BrokerSettings) -> str:
-    return f"n{settings.home[1:9]}"  # discovery topics are global: ids differ per test
-
-
-@pytest.fixture
-async def start_node(tmp_path: Path, settings: BrokerSettings, nid: str) -> AsyncIterator[StartNode]:
-    nodes: list[VirtualNode] = []
-
-    async def start(files: dict[str, Any], **kw: Any) -> VirtualNode:
-        vn = VirtualNode(make_fs(tmp_path / nid, files), nid, settings, **kw)
-        nodes.append(vn)
-        await vn.__aenter__()
-        return vn
-
-    yield start
-    for vn in nodes:
-        await vn.stop()
+from tests.nodeproto import (  # noqa: F401  (the nid and start_node fixtures)
+    Observer,
+    StartNode,
+    compile_mpy,
+    node_id,
+    node_starter,
+    pieces,
+    relay_config,
+)
 
 
 @pytest.mark.parametrize("source", ["components.json", "components.d", "local_components.py", "code", "config"])

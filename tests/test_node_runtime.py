@@ -5,34 +5,20 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from fleet.mqtt import BrokerSettings
-from fleet.vnode import VirtualNode
-from tests.nodeproto import Observer, make_fs, relay_config
-
-StartNode = Callable[..., Coroutine[Any, Any, VirtualNode]]
-
-
-@pytest.fixture
-async def start_node(tmp_path: Path, settings: BrokerSettings) -> AsyncIterator[StartNode]:
-    nodes: list[VirtualNode] = []
-
-    async def start(files: dict[str, Any], node_id: str = "", **kw: Any) -> VirtualNode:
-        node_id = node_id or f"n{settings.home[1:9]}"  # discovery topics are global: ids differ per test
-        fs = make_fs(tmp_path / node_id, files)
-        vn = VirtualNode(fs, node_id, kw.pop("broker", settings), **kw)
-        nodes.append(vn)
-        await vn.__aenter__()
-        return vn
-
-    yield start
-    for vn in nodes:
-        await vn.stop()
+from tests.nodeproto import (  # noqa: F401  (the nid and start_node fixtures)
+    Observer,
+    StartNode,
+    node_id,
+    node_starter,
+    relay_config,
+)
 
 
 async def test_set_drives_virtual_relay_and_state_comes_back(start_node: StartNode, settings: BrokerSettings) -> None:
