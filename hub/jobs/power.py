@@ -182,7 +182,8 @@ class PowerJob(Job):
                 level = await self._levels.get()
                 continue
             try:  # off: it must stay off for `debounce` seconds (a starter motor dips the supply)
-                level = await asyncio.wait_for(self._levels.get(), self.conf["debounce"])
+                async with asyncio.timeout(self.conf["debounce"]):
+                    level = await self._levels.get()
                 continue
             except TimeoutError:
                 pass
@@ -248,7 +249,8 @@ class PowerJob(Job):
         try:
             proc = await asyncio.create_subprocess_exec(*cmd, stdin=asyncio.subprocess.DEVNULL)
             try:
-                rc = await asyncio.wait_for(proc.wait(), float(self.conf["shutdown_timeout"]))
+                async with asyncio.timeout(float(self.conf["shutdown_timeout"])):
+                    rc = await proc.wait()
             except TimeoutError:
                 proc.kill()
                 rc = await proc.wait()

@@ -56,9 +56,8 @@ class HttpsTarget:
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         try:
-            return await asyncio.wait_for(
-                asyncio.open_connection(self.host, self.port, ssl=self.ssl, server_hostname=self.host),
-                self.timeout)
+            async with asyncio.timeout(self.timeout):
+                return await asyncio.open_connection(self.host, self.port, ssl=self.ssl, server_hostname=self.host)
         except ssl.SSLCertVerificationError as exc:
             raise UploadError(self.name, f"{self.host}:{self.port} has a certificate we do not trust: "
                               f"{exc.verify_message}") from exc
@@ -89,7 +88,8 @@ class HttpsTarget:
                 writer.write(data)
                 await writer.drain()
                 t.progress(pos + len(data))
-            status, headers = await asyncio.wait_for(_response(reader), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                status, headers = await _response(reader)
         except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
             raise UploadError(self.name, f"PUT {t.remote}: connection lost: {exc}", reachable=False) from exc
         finally:
@@ -110,7 +110,8 @@ async def _close(writer: asyncio.StreamWriter) -> None:
     """Close a TLS connection without hanging on a peer that never answers the close."""
     writer.close()
     with contextlib.suppress(OSError, TimeoutError):  # ssl.SSLError is an OSError
-        await asyncio.wait_for(writer.wait_closed(), 2)
+        async with asyncio.timeout(2):
+            await writer.wait_closed()
 
 
 async def _response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:

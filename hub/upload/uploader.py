@@ -74,7 +74,8 @@ def parse_address(text: str, default_port: int = 0) -> tuple[str, int]:
 async def can_connect(address: tuple[str, int], timeout: float = 3.0) -> bool:
     """Does a TCP connection to `address` open within `timeout`? (the `when_reachable` probe)"""
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(*address), timeout)
+        async with asyncio.timeout(timeout):
+            _, writer = await asyncio.open_connection(*address)
     except (OSError, TimeoutError):
         return False
     writer.close()
@@ -264,7 +265,8 @@ class Uploader:
         """Sleep `seconds` (forever when None) or until woken by `add`/`flush`."""
         wake = self._wake[name]
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), seconds)
+            async with asyncio.timeout(seconds):  # not wait_for: in 3.11 it can swallow a cancellation
+                await wake.wait()
         wake.clear()
 
 
