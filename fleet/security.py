@@ -128,7 +128,8 @@ def device_ids(devices: Path) -> list[str]:
 
 def make_credentials(devices: Path, out: Path, home: str, hubs: list[str],
                      hub_drives: dict[str, list[str]] | None = None) -> Credentials:
-    """Write `credentials.json`, `mosquitto.passwd` and `mosquitto.acl` to `out`, keeping old secrets."""
+    """Write `credentials.json`, `mosquitto.passwd`, `mosquitto.acl` and `keys/<id>.key` to `out`, keeping
+    old secrets."""
     creds = Credentials.load(out / "credentials.json") or Credentials(home)
     creds.home = home
     creds.nodes = [d for d in device_ids(devices) if d not in hubs]
@@ -138,6 +139,10 @@ def make_credentials(devices: Path, out: Path, home: str, hubs: list[str],
     creds.ensure()
     creds.save(out / "credentials.json")
     write_secret(out / "mosquitto.passwd", creds.password_file())
+    # The config server's signing keys (`fleet server run --keys OUT/keys`): only the keys, so the
+    # server's host holds no broker passwords but its own.
+    for device, key in creds.keys.items():
+        write_secret(out / "keys" / f"{device}.key", key + "\n")
     (out / "mosquitto.acl").write_text(creds.acl_file())
     return creds
 
@@ -229,6 +234,7 @@ def _cmd_credentials(args: argparse.Namespace) -> int:
           "credentials.json and mosquitto.passwd (mode 600), mosquitto.acl")
     print(f"run the broker with: fleet broker run --password-file {args.out}/mosquitto.passwd "
           f"--acl-file {args.out}/mosquitto.acl")
+    print(f"sign configs with: fleet server run --keys {args.out}/keys (config keys, mode 600)")
     return 0
 
 

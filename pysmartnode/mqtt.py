@@ -193,7 +193,9 @@ class _Ring:
 
 
 def _why(e):
-    return "%s %s" % (type(e).__name__, e)
+    # On one line: mbedtls reports a certificate that does not verify as several ("\nThe certificate is
+    # not correctly signed by the trusted CA\n"), which would leave the log line saying only "ValueError".
+    return "%s %s" % (type(e).__name__, " ".join(str(e).split()))
 
 
 def _print_log(level, msg):
