@@ -4,11 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from hub.upload.sftpserver import SftpServer
 
-__all__ = ["SftpServer"]
+__all__ = ["SftpServer", "sftp_servers"]
+
+
+@pytest.fixture(name="sftp")
+async def sftp_servers(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[SftpServer]]]:
+    """`await sftp(**opts)`: a started SftpServer in this test's folder, closed at teardown.
+    A test module takes it with `from sftpserver import sftp_servers`."""
+    servers: list[SftpServer] = []
+
+    async def make(**opts: Any) -> SftpServer:
+        server = await SftpServer(tmp_path / f"nas{len(servers)}", **opts).start()
+        servers.append(server)
+        return server
+
+    yield make
+    for s in servers:
+        await s.close()
 
 
 async def _serve(root: Path, exec_sha256: bool, rate: float | None) -> None:

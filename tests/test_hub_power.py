@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from hub_helpers import Watch, running_hub
-from sftpserver import SftpServer
+from sftpserver import sftp_servers  # noqa: F401 (the sftp fixture)
 
 from fleet.mqtt import BrokerSettings
 from hub.upload.queue import Queue
@@ -73,24 +73,10 @@ class Car:
         return [s.json() for s in self.w.on(f"{self.home}/{HUB}/rules/key_off")]
 
 
-@pytest.fixture
-async def nas(tmp_path: Path):
-    servers: list[SftpServer] = []
-
-    async def make(**opts: Any) -> SftpServer:
-        server = await SftpServer(tmp_path / f"nas{len(servers)}", **opts).start()
-        servers.append(server)
-        return server
-
-    yield make
-    for s in servers:
-        await s.close()
-
-
 @pytest.mark.slow
 async def test_key_off_stops_recording_uploads_then_releases(settings: BrokerSettings, home: str, tmp_path: Path,
-                                                             nas) -> None:
-    server = await nas()
+                                                             sftp) -> None:
+    server = await sftp()
     workdir = tmp_path / "hub"
     async with Watch(settings, f"{home}/#") as w, running_hub(hub_text(workdir, server.target_config()),
                                                                  settings, workdir):
@@ -127,8 +113,8 @@ async def test_key_off_stops_recording_uploads_then_releases(settings: BrokerSet
 
 
 async def test_unreachable_target_keeps_files_and_releases_after_sync(settings: BrokerSettings, home: str,
-                                                                      tmp_path: Path, nas) -> None:
-    server = await nas()
+                                                                      tmp_path: Path, sftp) -> None:
+    server = await sftp()
     target = {**server.target_config(), "timeout": 2}
     await server.close()  # the NAS is not there
     workdir = tmp_path / "hub"
@@ -152,8 +138,8 @@ async def test_unreachable_target_keeps_files_and_releases_after_sync(settings: 
 
 @pytest.mark.slow
 async def test_hard_deadline_releases_while_an_upload_runs(settings: BrokerSettings, home: str, tmp_path: Path,
-                                                           nas) -> None:
-    server = await nas(rate=2e6)  # 2 MB/s: 20 MB of backlog takes ~10 s
+                                                           sftp) -> None:
+    server = await sftp(rate=2e6)  # 2 MB/s: 20 MB of backlog takes ~10 s
     workdir = tmp_path / "hub"
     files = _files(workdir / "camera", 2, 10_000_000)
     async with Watch(settings, f"{home}/#") as w, running_hub(
@@ -176,8 +162,8 @@ async def test_hard_deadline_releases_while_an_upload_runs(settings: BrokerSetti
 
 
 async def test_key_on_during_the_sequence_cancels_it(settings: BrokerSettings, home: str, tmp_path: Path,
-                                                    nas) -> None:
-    server = await nas(rate=2e6)
+                                                    sftp) -> None:
+    server = await sftp(rate=2e6)
     workdir = tmp_path / "hub"
     files = _files(workdir / "camera", 1, 8_000_000)
     async with Watch(settings, f"{home}/#") as w, running_hub(

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from sftpserver import SftpServer
+from sftpserver import SftpServer, sftp_servers  # noqa: F401 (the sftp fixture)
 
 from hub.upload import UploadError
 from hub.upload.queue import Queue
@@ -35,20 +35,6 @@ def make_files(folder: Path, sizes: list[int]) -> list[Path]:
 
 def remote_files(server: SftpServer) -> dict[str, bytes]:
     return {str(p.relative_to(server.root)): p.read_bytes() for p in server.root.rglob("*") if p.is_file()}
-
-
-@pytest.fixture
-async def sftp(tmp_path: Path):
-    servers: list[SftpServer] = []
-
-    async def make(**opts: object) -> SftpServer:
-        server = await SftpServer(tmp_path / f"nas{len(servers)}", **opts).start()  # type: ignore[arg-type]
-        servers.append(server)
-        return server
-
-    yield make
-    for s in servers:
-        await s.close()
 
 
 async def drain(uploader: Uploader, timeout: float = 30) -> str:

@@ -68,7 +68,6 @@ class PowerJob(Job):
         self.ignition: bool | None = None  # as published (after debounce)
         self.sequence = "idle"
         self.deadline: float | None = None  # wall-clock time of the hard deadline while a sequence runs
-        self.released_at: float | None = None
         self._levels: asyncio.Queue[bool] = asyncio.Queue()
         self._deadline_task: asyncio.Task[None] | None = None
         self._input: Any = None
@@ -235,7 +234,6 @@ class PowerJob(Job):
             self._deadline_task = None
         if self._latch.value:
             self._latch.off()
-            self.released_at = time.time()
             self.sequence = "released"
             self.log.info("latch released (%s)", why)
             await self._publish_latch()
@@ -279,7 +277,3 @@ class PowerJob(Job):
     async def _publish(self, topic: str, payload: str, qos: int = 0, retain: bool = False) -> None:
         with contextlib.suppress(BrokerError, aiomqtt.MqttError):  # the state is re-sent on the next change
             await self.hub.publish(topic, payload, qos=qos, retain=retain)
-
-    def status(self) -> dict[str, Any]:
-        return {"ignition": self.ignition, "latch": bool(self._latch.value) if self._latch else None,
-                "sequence": self.sequence, "released_at": self.released_at}
