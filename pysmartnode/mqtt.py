@@ -540,7 +540,11 @@ class MQTTClient:
         import ssl
         t = self._tls
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        if t.get("verify", True):
+        if not hasattr(ssl, "CERT_NONE"):
+            # ESP8266: its TLS (axTLS) has no certificate checks at all; encrypted, but the broker unverified.
+            if not self._ever:
+                self._log("warning", "TLS without certificate verification: this board's TLS cannot verify the broker")
+        elif t.get("verify", True):
             ctx.verify_mode = ssl.CERT_REQUIRED
             if t.get("ca"):
                 ctx.load_verify_locations(cadata=_der(t["ca"]))

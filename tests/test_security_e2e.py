@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,6 +160,15 @@ async def start(nodes: list[VirtualNode], vn: VirtualNode) -> VirtualNode:
     return await vn.__aenter__()
 
 
+async def until(check: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """The first true value `check()` returns, polled every 0.1 s."""
+    for _ in range(int(timeout * 10)):
+        if got := check():
+            return got
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"still false after {timeout} s: {check()!r}")
+
+
 def seen(obs: Observer, topic: str) -> list[bytes]:
     return [p for t, p, _ in obs.msgs if t == topic]
 
@@ -222,14 +232,12 @@ async def test_every_role_works_end_to_end_under_the_acl(fleet: Fleet, nodes: li
         await ha.publish("homeassistant/status", "online", retain=True)  # HA's birth message, as HA sends it
         v1 = server.registry.served[A].v
         await start(nodes, fleet.node(A, tmp_path / A))
-        # The node takes its signed config from the server and acks; the server reads the acks.
+        # The node takes its signed config from the server and acks; the server, under its own login,
+        # reads the acks, the node's status, info and log lines.
         await ha.wait_json(topics.config_ack(h, A), lambda d: d == {"v": v1, "state": "applied", "failed": {}})
-        for _ in range(50):
-            row = server.state.device(A)
-            if row and row["ack_state"] == "applied":
-                break
-            await asyncio.sleep(0.1)
-        assert row is not None and row["acked"] == v1 and row["ack_state"] == "applied"
+        row = await until(lambda: (r := server.state.device(A)) and r["ack_state"] == "applied" and r["info"] and r)
+        assert row["acked"] == v1 and row["status"] == "online"
+        assert await until(lambda: server.state.logs(A))
         # Home Assistant reads discovery and state.
         disc = await ha.wait_json(topics.discovery("switch", A, "lamp"))
         assert disc["command_topic"] == lamp_set and disc["state_topic"] == lamp
@@ -312,3 +320,31 @@ async def test_a_node_verifies_the_broker_certificate(fleet: Fleet, nodes: list[
         line = (await anonymous.wait_for(rf"cannot connect to localhost:{fleet.broker.tls_port}: .*")).group(0)
         assert "not authorised" in line, line
     assert "connected to" not in fooled.output + anonymous.output
+
+
+def test_esp8266_tls_runs_unverified_and_says_so(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No ESP8266 can run here: a stand-in with exactly the `ssl` API of its axTLS build
+    (MicroPython's extmod/modssl_axtls.c: SSLContext with load_cert_chain and wrap_socket, no CERT_*
+    constants, no verify_mode) shows the node client builds its context there instead of failing."""
+    from pysmartnode import mqtt
+
+    class AxtlsContext:
+        __slots__ = ("chain",)  # like the C type: setting verify_mode would raise AttributeError
+
+        def __init__(self, protocol: int) -> None:
+            self.chain: tuple[bytes, bytes] | None = None
+
+        def load_cert_chain(self, cert: bytes, key: bytes) -> None:
+            self.chain = (cert, key)
+
+    axtls = type(sys)("ssl")
+    axtls.SSLContext, axtls.PROTOCOL_TLS_CLIENT = AxtlsContext, 0  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "ssl", axtls)
+    files = make_tls(tmp_path / "tls", ["localhost"])
+    logged: list[tuple[str, str]] = []
+    client = mqtt.MQTTClient("n", "broker.lan", 8883, tls={"ca": str(files["ca"]), "cert": str(files["client_cert"]),
+                                                           "key": str(files["client_key"])},
+                             log=lambda level, msg: logged.append((level, msg)))
+    ctx = client._ssl_context()
+    assert isinstance(ctx, AxtlsContext) and ctx.chain and ctx.chain[0].startswith(b"\x30")  # DER
+    assert logged == [("warning", "TLS without certificate verification: this board's TLS cannot verify the broker")]
