@@ -150,16 +150,21 @@ def make_credentials(devices: Path, out: Path, home: str, hubs: list[str],
 # --- a small CA for a home setup ------------------------------------------------------------
 
 
-def make_tls(out: Path, hosts: list[str], days: int = 3650) -> dict[str, Path]:
-    """A CA, a broker certificate for `hosts` (names or IPs) and one client certificate, as PEM files."""
+def make_tls(out: Path, hosts: list[str], days: int = 3650, rsa: bool = False) -> dict[str, Path]:
+    """A CA, a broker certificate for `hosts` (names or IPs) and one client certificate, as PEM files.
+    EC P-256 keys, or RSA 2048 with `rsa`: an ESP8266's TLS (axTLS) knows no elliptic curves."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric import rsa as rsa_keys
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     now = dt.datetime.now(dt.UTC)
 
-    def key_pem(key: ec.EllipticCurvePrivateKey) -> str:
+    def new_key() -> ec.EllipticCurvePrivateKey | rsa_keys.RSAPrivateKey:
+        return rsa_keys.generate_private_key(65537, 2048) if rsa else ec.generate_private_key(ec.SECP256R1())
+
+    def key_pem(key: ec.EllipticCurvePrivateKey | rsa_keys.RSAPrivateKey) -> str:
         return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                  serialization.NoEncryption()).decode()
 
@@ -167,7 +172,7 @@ def make_tls(out: Path, hosts: list[str], days: int = 3650) -> dict[str, Path]:
         return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "SmartFleet"),
                           x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
-    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_key = new_key()
     ca = (x509.CertificateBuilder().subject_name(name("SmartFleet home CA")).issuer_name(name("SmartFleet home CA"))
           .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
           .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
@@ -178,7 +183,7 @@ def make_tls(out: Path, hosts: list[str], days: int = 3650) -> dict[str, Path]:
           .sign(ca_key, hashes.SHA256()))
 
     def leaf(cn: str, sans: list[str], usage: x509.ObjectIdentifier) -> tuple[str, str]:
-        key = ec.generate_private_key(ec.SECP256R1())
+        key = new_key()
         alt: list[x509.GeneralName] = []
         for h in sans:
             try:
@@ -225,6 +230,8 @@ def register_verbs(verbs: argparse._SubParsersAction) -> None:  # type: ignore[t
     tls.add_argument("--out", type=Path, required=True)
     tls.add_argument("--host", action="append", default=[],
                      help="a name or IP the broker is reached by (repeatable; default: this host, localhost)")
+    tls.add_argument("--rsa", action="store_true", help="RSA 2048 keys instead of EC P-256 (needed when ESP8266 "
+                     "nodes use TLS: their axTLS has no elliptic curves)")
     tls.set_defaults(func=_cmd_tls)
 
 
@@ -240,7 +247,7 @@ def _cmd_credentials(args: argparse.Namespace) -> int:
 
 def _cmd_tls(args: argparse.Namespace) -> int:
     hosts = args.host or [socket.gethostname(), "localhost", "127.0.0.1"]
-    files = make_tls(args.out, hosts)
+    files = make_tls(args.out, hosts, rsa=args.rsa)
     for what, path in files.items():
         print(f"{what:12} {path}")
     return 0

@@ -133,14 +133,16 @@ class Fleet:
 
 
 @pytest.fixture
-def fleet(mosquitto_factory: Callable[..., Mosquitto], tmp_path: Path, home: str) -> Fleet:
+def fleet(mosquitto_factory: Callable[..., Mosquitto], tmp_path: Path, home: str,
+          request: pytest.FixtureRequest) -> Fleet:
+    """Two nodes and a hub; certificates with EC keys, or RSA ones when parametrized with "rsa"."""
     devices = tmp_path / "devices"
     devices.mkdir()
     for dev in (A, B):
         (devices / f"{dev}.hjson").write_text(DEVICE)
     out = tmp_path / "credentials"
     creds = make_credentials(devices, out, home, hubs=[HUB])
-    tls = make_tls(tmp_path / "tls", ["localhost", "127.0.0.1"])
+    tls = make_tls(tmp_path / "tls", ["localhost", "127.0.0.1"], rsa=getattr(request, "param", "ec") == "rsa")
     broker = mosquitto_factory(password_file=str(out / "mosquitto.passwd"), acl_file=str(out / "mosquitto.acl"),
                                tls=TLSFiles(str(tls["ca"]), str(tls["cert"]), str(tls["key"])))
     return Fleet(home, devices, out, creds, tls, broker)
@@ -300,6 +302,7 @@ async def test_only_the_servers_configs_are_taken(fleet: Fleet, nodes: list[Virt
         await admin.wait(topics.sim(h, A, "pin6", "level"), lambda p: p == b"1", start=m)
 
 
+@pytest.mark.parametrize("fleet", ["ec", "rsa"], indirect=True)  # RSA: what ESP8266 nodes need
 async def test_a_node_verifies_the_broker_certificate(fleet: Fleet, nodes: list[VirtualNode], tmp_path: Path,
                                                       mosquitto_factory: Callable[..., Mosquitto]) -> None:
     h = fleet.home
