@@ -45,7 +45,7 @@ async def run_node(settings: BrokerSettings, workdir: Path, heap: str, commands:
     for `commands` /set commands."""
     fs = make_fs(workdir / f"fs-{heap}", {"components.json": CONFIG, "board.json": BOARD})
     compile_mpy(fs)
-    node_id = f"bench{heap.lower()}"
+    node_id = f"bench{heap.lower()}-{commands}-{window}"  # a run of its own: no retained states of another
     h = settings.home
     rtts: list[float] = []
     async with Observer(settings, f"{h}/{node_id}/#") as obs, \
@@ -66,7 +66,7 @@ async def run_node(settings: BrokerSettings, workdir: Path, heap: str, commands:
             # keep `window` commands in flight, alternating the two relays and ON/OFF, so each one changes state
             while i - done >= window:
                 while seen < len(obs.msgs):
-                    if obs.msgs[seen][0] in state_topics:
+                    if obs.msgs[seen][0] in state_topics and not obs.msgs[seen][2]:
                         rtts.append(time.perf_counter() - sent.pop(done))
                         done += 1
                     seen += 1
@@ -84,7 +84,7 @@ async def run_node(settings: BrokerSettings, workdir: Path, heap: str, commands:
                 return False, free, rtts, vn.output + "\n[bench] too slow", (0, 0)
         while done < commands and time.monotonic() < deadline:
             while seen < len(obs.msgs):
-                if obs.msgs[seen][0] in state_topics:
+                if obs.msgs[seen][0] in state_topics and not obs.msgs[seen][2]:
                     rtts.append(time.perf_counter() - sent.pop(done))
                     done += 1
                 seen += 1
