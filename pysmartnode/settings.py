@@ -1,5 +1,5 @@
 # Device settings: defaults, then the device's own `config.py` (firmware/device/config_example.py documents
-# each), then on the unix port FLEET_BROKER / FLEET_HOME / FLEET_NODE_ID from the environment (set by
+# each), then on the unix port FLEET_BROKER / FLEET_HOME / FLEET_NODE_ID / FLEET_CA … from the environment (set by
 # `fleet node run`), then the `_settings` piece of the config received from the server (config.cur/_settings.json).
 import json
 from pysmartnode import platform, VIRTUAL
@@ -74,9 +74,18 @@ def load(server_file="config.cur/_settings.json"):
         url = os.getenv("FLEET_BROKER")
         if url:
             _broker_url(vals, url)
+        if vals["MQTT_TLS"] is not None:  # FLEET_CA / FLEET_CERT / FLEET_KEY: `fleet node run --ca …`
+            for k in ("ca", "cert", "key"):
+                if os.getenv("FLEET_" + k.upper()):
+                    vals["MQTT_TLS"][k] = os.getenv("FLEET_" + k.upper())
         vals["MQTT_HOME"] = os.getenv("FLEET_HOME") or vals["MQTT_HOME"]
         vals["DEVICE_ID"] = os.getenv("FLEET_NODE_ID") or vals["DEVICE_ID"]
     vals["DEVICE_ID"] = vals["DEVICE_ID"] or _default_id()
+    i = vals["DEVICE_ID"]
+    if not (0 < len(i) <= 32 and all("a" <= c <= "z" or "0" <= c <= "9" or c in "_-" for c in i)) or \
+            i in ("log", "config", "_sim"):
+        bad.append("DEVICE_ID %r is not a valid id ([a-z0-9_-]{1,32}, not log/config/_sim): "
+                   "the fleet's tools will not find this node" % i)
     s = Settings()
     for k, v in vals.items():
         setattr(s, k.lower(), v)
