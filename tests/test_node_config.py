@@ -204,3 +204,19 @@ async def test_twenty_components_in_a_small_heap(start_node: StartNode, settings
         info = await obs.wait_json(f"{h}/{nid}/info", lambda d: d["config"] == v)
         assert len(info["components"]) == 20
         assert "MemoryError" not in vn.output, vn.output
+
+
+@pytest.mark.slow
+async def test_a_gap_abandons_the_set(start_node: StartNode, settings: BrokerSettings, nid: str) -> None:
+    h = settings.home
+    async with Observer(settings) as obs:
+        vn = await start_node({"components.json": relay_config("relay1")})
+        await obs.wait(f"{h}/{nid}/info")
+        _, ps = pieces(relay_config("relay1", "relay2"), 3)
+        await obs.publish(f"{h}/{nid}/config", ps[0])
+        t0 = time.monotonic()
+        m = obs.mark()
+        await vn.wait_for(r"abandoned after 1 of 4 pieces \(no piece for 10 s\)", timeout=20)
+        assert 9 < time.monotonic() - t0 < 15
+        assert (await obs.wait_json(f"{h}/config/request/{nid}", start=m))["v"] is None
+        assert not (vn.fs / "config.new").exists()
