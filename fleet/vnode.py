@@ -49,6 +49,10 @@ class VirtualNode:
         env["FLEET_NODE_ID"] = node_id
         if settings:
             env.update(FLEET_BROKER=settings.url, FLEET_HOME=settings.home)
+            # --ca/--cert/--key reach the node too, as absolute paths (the VM runs in `fs`)
+            for name, path in (("FLEET_CA", settings.ca), ("FLEET_CERT", settings.cert), ("FLEET_KEY", settings.key)):
+                if path:
+                    env[name] = str(Path(path).absolute())
         self.vm = MicroPython(self.fs, heap=heap, source_tree=source_tree, env=env)
         self.lines: list[str] = []
         self.boots = 0

@@ -112,11 +112,14 @@ class Fleet:
         return base.with_user(user, self.creds.passwords[user]) if user else base
 
     def node(self, dev: str, fs: Path, files: dict[str, Any] | None = None, login: str | None = "own",
-             broker: Mosquitto | None = None) -> VirtualNode:
+             broker: Mosquitto | None = None, ca_option: bool = False) -> VirtualNode:
         """Virtual node `dev` whose config.py holds what its bundle would: its CA, its config key, and the
-        login of `login` ("own": its own; None: none). `files` are more files for its filesystem."""
+        login of `login` ("own": its own; None: none). `files` are more files for its filesystem. With
+        `ca_option` the CA comes as `fleet node run --ca` gives it instead."""
         user = dev if login == "own" else login
-        lines = ["MQTT_TLS = {'ca': 'ca.crt'}", f"CONFIG_KEY = {bytes.fromhex(self.creds.keys[dev])!r}"]
+        lines = [f"CONFIG_KEY = {bytes.fromhex(self.creds.keys[dev])!r}"]
+        if not ca_option:
+            lines.append("MQTT_TLS = {'ca': 'ca.crt'}")
         if user:
             lines += [f"MQTT_USER = {user!r}", f"MQTT_PASSWORD = {self.creds.passwords[user]!r}"]
         files = dict(files or {})
@@ -124,7 +127,8 @@ class Fleet:
         fs = make_fs(fs, files)
         shutil.copyfile(self.tls["ca"], fs / "ca.crt")
         # FLEET_BROKER names the broker only: the login comes from config.py, as on a board.
-        return VirtualNode(fs, dev, BrokerSettings((broker or self.broker).tls_url, self.home))
+        ca = str(self.tls["ca"]) if ca_option else None
+        return VirtualNode(fs, dev, BrokerSettings((broker or self.broker).tls_url, self.home, ca=ca))
 
     def server(self, tmp_path: Path) -> ConfigServer:
         options = ServerOptions(devices=self.devices, state=tmp_path / "state.sqlite", keys=self.out / "keys",
@@ -311,7 +315,8 @@ async def test_a_node_verifies_the_broker_certificate(fleet: Fleet, nodes: list[
                                  acl_file=str(fleet.out / "mosquitto.acl"),
                                  tls=TLSFiles(str(other["ca"]), str(other["cert"]), str(other["key"])))
     async with Observer(fleet.settings(ADMIN_USER)) as admin:
-        good = await start(nodes, fleet.node(A, tmp_path / A, {"config.py": "RECEIVE_CONFIG = False\n"}))
+        good = await start(nodes, fleet.node(A, tmp_path / A, {"config.py": "RECEIVE_CONFIG = False\n"},
+                                             ca_option=True))
         fooled = await start(nodes, fleet.node(B, tmp_path / B, {"config.py": "RECEIVE_CONFIG = False\n"},
                                                broker=impostor))
         anonymous = await start(nodes, fleet.node(B, tmp_path / "anon", {"config.py": "RECEIVE_CONFIG = False\n"},
