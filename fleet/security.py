@@ -76,7 +76,10 @@ class Credentials:
             self.keys.setdefault(device, secrets.token_hex(32))
 
     def password_file(self) -> str:
-        return "".join(f"{user}:{mosquitto_hash(pw)}\n" for user, pw in sorted(self.passwords.items()))
+        """The users of today's fleet: a device whose file was removed can no longer log in (its secrets
+        stay in credentials.json, so adding it back restores them)."""
+        users = sorted({*self.nodes, *self.hubs, *ROLE_USERS})
+        return "".join(f"{user}:{mosquitto_hash(self.passwords[user])}\n" for user in users)
 
     def acl_file(self) -> str:
         """docs/PROTOCOL.md section 9 as Mosquitto ACL lines (anything not granted is denied)."""
@@ -141,8 +144,8 @@ def make_credentials(devices: Path, out: Path, home: str, hubs: list[str],
     write_secret(out / "mosquitto.passwd", creds.password_file())
     # The config server's signing keys (`fleet server run --keys OUT/keys`): only the keys, so the
     # server's host holds no broker passwords but its own.
-    for device, key in creds.keys.items():
-        write_secret(out / "keys" / f"{device}.key", key + "\n")
+    for device in [*creds.nodes, *creds.hubs]:
+        write_secret(out / "keys" / f"{device}.key", creds.keys[device] + "\n")
     (out / "mosquitto.acl").write_text(creds.acl_file())
     return creds
 

@@ -356,3 +356,17 @@ def test_esp8266_tls_runs_unverified_and_says_so(monkeypatch: pytest.MonkeyPatch
     ctx = client._ssl_context()
     assert isinstance(ctx, AxtlsContext) and ctx.chain and ctx.chain[0].startswith(b"\x30")  # DER
     assert logged == [("warning", "TLS without certificate verification: this board's TLS cannot verify the broker")]
+
+
+async def test_a_removed_device_can_no_longer_log_in(fleet: Fleet, mosquitto_factory: Callable[..., Mosquitto]) -> None:
+    (fleet.devices / f"{B}.hjson").unlink()
+    again = make_credentials(fleet.devices, fleet.out, fleet.home, hubs=[HUB])
+    assert again.passwords[B] == fleet.creds.passwords[B]  # kept, should B come back
+    broker = mosquitto_factory(password_file=str(fleet.out / "mosquitto.passwd"),
+                               acl_file=str(fleet.out / "mosquitto.acl"))
+    base = BrokerSettings(broker.url, fleet.home)
+    async with FleetClient(base.with_user(A, fleet.creds.passwords[A])):
+        pass
+    with pytest.raises(BrokerError):
+        async with FleetClient(base.with_user(B, fleet.creds.passwords[B]), timeout=3):
+            pass
