@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -21,14 +22,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from hub_helpers import Watch
+from hub_helpers import Watch, running_hub
 from sftpserver import SftpServer
 from test_hub_power import HUB, Car, _files, hub_text
 
-from fleet.mqtt import BrokerSettings
+from fleet.mqtt import BrokerSettings, FleetClient
 from fleet.upy import REPO
 from hub.upload.queue import Queue
-from tests.faultproxy import report
+from tests.faultproxy import FaultProxy, report
 
 
 @contextlib.asynccontextmanager
@@ -149,3 +150,64 @@ async def test_hub_killed_during_key_off_finishes_the_sequence_after_restart(
     report("hub killed during key-off", down_s=round(restarted - killed, 2),
            released_after_restart_s=round(released - restarted, 2), files=3)
     assert released - restarted < 30
+
+
+KEEPALIVE = 2
+PING_PONG = """
+id: lf
+jobs: ["rules"]
+rules: { ping: { on: { topic: "{home}/ping" }, do: [ { publish: "{home}/pong", payload: "1" } ] } }
+"""
+
+
+async def pong(w: Watch, home: str, timeout: float = 30) -> float:
+    """Ping until the hub's rule answers (a ping sent while its link is down is lost: clean session)."""
+    t0 = time.monotonic()
+    while True:
+        n = len(w.seen)
+        await w.publish(f"{home}/ping", "1")
+        with contextlib.suppress(AssertionError):
+            await w.wait(lambda s, n=n: s.topic == f"{home}/pong" and w.seen.index(s) >= n, 0.5, "pong")
+            return time.monotonic() - t0
+        assert time.monotonic() - t0 < timeout, "the hub never answered"
+
+
+HUB_FAULTS = ["cut", "stall", "half_open down", "corrupt down", "corrupt up"]
+
+
+async def test_hub_link_faults_found_and_recovered(settings: BrokerSettings, home: str, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hub service's MQTT link (paho under aiomqtt) through the fault proxy. Its keepalive is 30 s;
+    here 2 s, as for the node, so a fault only the keepalive can find is found in seconds."""
+    monkeypatch.setattr("hub.service.FleetClient", functools.partial(FleetClient, keepalive=KEEPALIVE))
+    figures: dict[str, float] = {}
+    with FaultProxy("127.0.0.1", settings.port) as proxy:
+        async with Watch(settings, f"{home}/#") as w, running_hub(PING_PONG, BrokerSettings(proxy.url, home),
+                                                                   tmp_path) as hub:
+            link = hub._main
+            await pong(w, home)
+            for fault in HUB_FAULTS:
+                kind, _, direction = fault.partition(" ")
+                t0 = time.monotonic()
+                if kind == "cut":
+                    proxy.cut()
+                elif kind == "stall":
+                    proxy.stall()
+                elif kind == "half_open":
+                    proxy.half_open(direction)
+                else:
+                    proxy.corrupt(direction, 4)  # lands on the next bytes: a PINGREQ or PINGRESP at the latest
+                await asyncio.wait_for(link.down.wait(), 4 * KEEPALIVE + 5)
+                found = time.monotonic()
+                proxy.resume()
+                await asyncio.wait_for(link.connected.wait(), 15)
+                back = time.monotonic()
+                await pong(w, home)
+                figures[fault.replace(" ", "_")] = [round(found - t0, 2), round(back - found, 2)]
+            reconnects = link.reconnects
+            logs = [s.payload for s in w.seen if s.topic.startswith(f"{home}/log/")]
+    report("hub link faults: [found_s, back_s]", keepalive_s=KEEPALIVE, **figures)
+    assert reconnects == len(HUB_FAULTS)
+    # paho finds a silent link within 2 × keepalive; the reconnect backoff is 1 s; margins for a busy machine
+    assert all(found < 3 * KEEPALIVE + 3 and back < 10 for found, back in figures.values())
+    assert not [line for line in logs if "Traceback" in line]
