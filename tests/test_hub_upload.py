@@ -130,6 +130,32 @@ async def test_unreachable_target_keeps_the_queue_then_uploads(sftp, tmp_path: P
     assert remote_files(server) == {f"car/{f.name}": f.read_bytes() for f in files}
 
 
+async def test_uploads_wait_for_the_home_network(sftp, tmp_path: Path) -> None:
+    """`when_reachable`: the target answers, but its probe (the home router) does not: nothing goes."""
+    server = await sftp()
+    router = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    port = router.sockets[0].getsockname()[1]
+    router.close()
+    await router.wait_closed()  # away from home: the router's port is closed
+    (f,) = make_files(tmp_path / "camera", [50_000])
+    with Queue(tmp_path / "q.db") as queue:
+        up = Uploader(queue, {"nas": SftpTarget("nas", **server.target_config())}, hub_id="car",
+                      when_reachable={"nas": ("127.0.0.1", port)}, retry_first=0.2, retry_max=0.5)
+        up.add(f)
+        task = asyncio.create_task(up.run(), name="test-uploader")
+        try:
+            assert await asyncio.wait_for(up.wait_empty(), 10) == "unreachable"
+            assert remote_files(server) == {}
+            router = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", port)  # home again
+            up.flush()
+            assert await asyncio.wait_for(up.wait_empty(), 10) == "empty"
+        finally:
+            router.close()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    assert remote_files(server) == {f"car/{f.name}": f.read_bytes()}
+
+
 async def test_a_file_deleted_before_upload_is_logged_as_lost(sftp, tmp_path: Path, caplog) -> None:
     server = await sftp()
     gone, kept = make_files(tmp_path / "camera", [1000, 2000])
