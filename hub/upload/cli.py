@@ -120,13 +120,14 @@ def _mb(n: float) -> str:
 
 
 async def _live(client: FleetClient) -> None:
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+    # the rate is the hub's own figure (over its last 5 s), not one guessed from our updates
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TextColumn("{task.fields[rate]}"),
                TextColumn("{task.fields[note]}"))
     with Progress(*columns, refresh_per_second=4) as bars:
-        queue_bar = bars.add_task("queue", total=None, note="")
-        file_bar = bars.add_task("file", total=None, note="")
+        queue_bar = bars.add_task("queue", total=None, note="", rate="")
+        file_bar = bars.add_task("file", total=None, note="", rate="")
         base: int | None = None  # `sent` when we started watching: the queue bar counts from there
         async for msg in client.messages:
             try:
@@ -136,7 +137,7 @@ async def _live(client: FleetClient) -> None:
             sent = int(s.get("sent", 0))
             base = sent if base is None or sent < base else base
             bars.update(queue_bar, completed=sent - base, total=sent - base + int(s.get("bytes_pending", 0)),
-                        note=describe(s).split(";")[1].strip())
+                        rate=f"{_mb(s.get('rate') or 0)}/s", note=describe(s).split(";")[1].strip())
             bars.update(file_bar, description=s.get("current") or "idle",
                         completed=s.get("current_offset") or 0, total=s.get("current_size") or None,
                         note=f"{s.get('queued', 0)} queued")
