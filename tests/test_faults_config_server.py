@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -20,12 +21,13 @@ import pytest
 
 from bench.config_server_storm import BareNode, write_registry
 from config_server.pieces import PieceError
+from config_server.server import ConfigServer, ServerOptions
 from fleet import topics
 from fleet.broker import Mosquitto
-from fleet.mqtt import BrokerSettings
+from fleet.mqtt import BrokerSettings, FleetClient
 from fleet.upy import REPO
 from fleet.vnode import VirtualNode
-from tests.faultproxy import report
+from tests.faultproxy import FaultProxy, report
 from tests.nodeproto import Observer
 from tests.test_config_server_node import DEVICE as REAL_DEVICE
 
@@ -124,3 +126,59 @@ async def test_server_killed_during_a_boot_storm_every_device_configured(
            light_client_retry_s=RETRY)
     assert before < DEVICES  # the kill fell inside the storm
     assert all_done - restarted < 30
+
+
+async def configure_fresh(broker_host: str, port: int, home: str, ids: list[str]) -> float:
+    """New light clients for `ids`, all asking at once; seconds until every one is configured."""
+    clients = [PatientNode(broker_host, port, home, d, 1024) for d in ids]
+    await asyncio.gather(*(c.connect() for c in clients))
+    go = asyncio.Event()
+    tasks = [asyncio.create_task(c.configure(go), name=f"fresh-{c.device}") for c in clients]
+    t0 = time.monotonic()
+    go.set()
+    try:
+        await asyncio.wait_for(asyncio.gather(*tasks), 30)
+    finally:
+        for c in clients:
+            c.writer.close()
+    return time.monotonic() - t0
+
+
+async def test_server_link_faults_found_and_answering_again(mosquitto_factory, home: str, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server's MQTT link through the fault proxy (keepalive 2 s here, 30 s by default), and its
+    broker restarted: each time it finds the lost link, reconnects, and answers the next requests."""
+    monkeypatch.setattr("config_server.server.FleetClient", functools.partial(FleetClient, keepalive=2))
+    broker: Mosquitto = mosquitto_factory()
+    ids = write_registry(tmp_path / "devices", 20)
+    options = ServerOptions(devices=tmp_path / "devices", state=tmp_path / "state.sqlite", server_id="lf")
+    figures: dict[str, tuple[float, float, float]] = {}
+    with FaultProxy("127.0.0.1", broker.port) as proxy:
+        async with ConfigServer(BrokerSettings(proxy.url, home), options) as server:
+            for fault in ("stall", "half_open down", "cut", "broker restart"):
+                t0 = time.monotonic()
+                if fault == "stall":
+                    proxy.stall()
+                elif fault == "cut":
+                    proxy.cut()
+                elif fault == "broker restart":
+                    broker.stop()
+                    await asyncio.sleep(0.5)
+                else:
+                    proxy.half_open("down")
+                while server._client is not None:  # found the link lost
+                    assert time.monotonic() - t0 < 15, f"{fault}: never noticed"
+                    await asyncio.sleep(0.02)
+                found = time.monotonic() - t0
+                proxy.resume()
+                if fault == "broker restart":
+                    broker.start()
+                t1 = time.monotonic()
+                while server._client is None:
+                    assert time.monotonic() - t1 < 15, f"{fault}: never reconnected"
+                    await asyncio.sleep(0.02)
+                back = time.monotonic() - t1
+                answered = await configure_fresh(broker.host, broker.port, home, ids)
+                figures[fault.replace(" ", "_")] = (round(found, 2), round(back, 2), round(answered, 2))
+    report("config server link faults: [found_s, reconnected_s, then 20 configured_s]", keepalive_s=2, **figures)
+    assert all(found < 3 * 2 + 3 and back < 10 and answered < 10 for found, back, answered in figures.values())
