@@ -322,6 +322,7 @@ class Sim:
             held = await self.watch.wait_until(self.configured, step.seconds)
             if held and self.boot_time is None:
                 self.boot_time = self.elapsed()
+                self.watch.quiet = False
             if not held:
                 missing = [n for n in self.nodes if not self.watch.device(n).configured]
                 result.detail = f"not configured: {', '.join(missing[:8])}" + (" …" if len(missing) > 8 else "")

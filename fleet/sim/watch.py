@@ -32,7 +32,6 @@ class Device:
     info: dict[str, Any] = field(default_factory=dict)
     ack: dict[str, Any] = field(default_factory=dict)  # the last config ack
     changes: list[tuple[float, str]] = field(default_factory=list)  # (monotonic time, status)
-    heard: float = 0.0
 
     @property
     def config(self) -> str | None:
@@ -41,10 +40,11 @@ class Device:
 
     @property
     def configured(self) -> bool:
-        """Online, running the config the server sent (the last ack says it applied), and the `info` that
-        says so was sent after it came online (not the retained one of its previous life)."""
-        online_since = self.changes[-1][0] if self.changes else 0.0
-        return (self.status == "online" and self.config is not None and self.heard >= online_since
+        """Online and running the config the server sent: its `info` names the version its last ack applied.
+
+        Status (QoS 1) and info (QoS 0) may arrive in either order: in a boot storm the broker holds QoS 1
+        messages back while this client's in-flight window is full, and sends QoS 0 ones at once."""
+        return (self.status == "online" and self.config is not None
                 and self.ack.get("state") == "applied" and self.ack.get("v") == self.config)
 
 
@@ -65,6 +65,7 @@ class Watch:
         self.last_error = ""
         self.events: deque[tuple[float, str]] = deque(maxlen=200)
         self.started = time.monotonic()
+        self.quiet = True  # status changes go to the events once the fleet has booted (set by the sim)
         self._changed = asyncio.Event()
         self._client: FleetClient | None = None
         self._task: asyncio.Task[None] | None = None
@@ -117,8 +118,7 @@ class Watch:
                 with contextlib.suppress(ValueError):
                     info = json.loads(payload)
                     if isinstance(info, dict):
-                        d = self.device(parts[1])
-                        d.info, d.heard = info, time.monotonic()
+                        self.device(parts[1]).info = info
         if parts[0] == self.home and len(parts) == 4 and parts[1:3] == ["config", "ack"]:
             with contextlib.suppress(ValueError):
                 ack = json.loads(payload)
@@ -133,7 +133,7 @@ class Watch:
         d = self.device(device_id)
         if status != d.status:
             d.changes.append((time.monotonic(), status))
-            if d.status != "—" or status != "online":
+            if not self.quiet:
                 self.note(f"{device_id} {status}")
         d.status = status
 
