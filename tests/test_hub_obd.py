@@ -43,8 +43,10 @@ async def background(coro: Coroutine[Any, Any, None], name: str) -> AsyncIterato
         yield
     finally:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(task, 15)  # a task that does not stop fails the test, never hangs it
+        await asyncio.wait({task}, timeout=15)  # a task that does not stop fails the test, never hangs it
+        assert task.done(), f"{name} did not stop within 15 s of being cancelled"
+        if not task.cancelled():
+            task.result()  # what it failed with
 
 
 @contextlib.asynccontextmanager
@@ -210,6 +212,17 @@ async def test_trouble_codes_published_when_they_change(settings: BrokerSettings
             assert r["ok"] and r["result"]["value"] is None
             _, raw, _ = await heard.wait(on(dtc, "[]"))
             assert heard.count(dtc) == 2
+
+
+async def test_serial_port(settings: BrokerSettings, tmp_path: Path) -> None:
+    """A serial adapter (a USB one, or Bluetooth bound to /dev/rfcomm0): the emulator on a pty."""
+    home = settings.home
+    with Emulator(tmp_path / "elm", pty=True) as elm:
+        assert elm.url.startswith("/dev/")
+        async with listening(settings, f"{home}/{HUB}/obd/#") as heard, \
+                running(settings, tmp_path, job_config(elm, watch={"RPM": 10})):
+            _, raw, _ = await heard.wait(on(f"{home}/{HUB}/obd/RPM"))
+            assert json.loads(raw)["unit"] == "revolutions_per_minute"
 
 
 async def test_adapter_gone_and_back(settings: BrokerSettings, tmp_path: Path, elm: Emulator) -> None:

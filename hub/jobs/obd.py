@@ -33,9 +33,9 @@ VERBS = ("watch", "unwatch", "unwatch_all", "query", "supports", "supported_comm
 
 
 def _honour_cancel() -> None:
-    """Raise CancelledError if this task was cancelled. On Python 3.11, asyncio.wait_for (inside aiomqtt's
-    publish) loses a cancellation that lands as the publish completes; the task still counts it, so a
-    loop that publishes all the time checks here, or it would never stop."""
+    """Raise CancelledError if this task was cancelled. On Python 3.11, asyncio.wait_for (ours, and the one
+    inside aiomqtt's publish) loses a cancellation that lands as what it waits for completes; the task
+    still counts it, so every loop of the job checks here after such a wait, or it might never stop."""
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
@@ -125,7 +125,6 @@ class ObdJob(Job):
             async for kind, data in self.worker.reports():
                 if kind == "value":
                     await self._publish_value(*data)
-                    _honour_cancel()
                 elif kind == "state":
                     self.link_state = data
                     await self._set_status()
@@ -133,6 +132,7 @@ class ObdJob(Job):
                     self.supported = data
                     for name in set(self.worker.watching) - data:
                         self.log.warning("%s is watched but this car does not support it", name)
+                _honour_cancel()
         finally:
             self.link_state = "disconnected"
             with contextlib.suppress(Exception):  # the hub may be going down too: best effort
@@ -181,6 +181,7 @@ class ObdJob(Job):
                     await self._pause(None)
                 else:
                     self.log.warning("%s: expected ON or OFF, got %r: dropped", topic, state[:40])
+                _honour_cancel()
 
     async def _every(self, interval: float, read: Callable[[], Awaitable[None]]) -> None:
         """Run `read()` when the car first answers, then every `interval` s while it answers."""
@@ -190,6 +191,7 @@ class ObdJob(Job):
                 await read()
             except (WorkerError, TimeoutError) as exc:  # the link went down meanwhile, or no answer
                 self.log.info("%s: %s", read.__name__, exc)
+            _honour_cancel()
             await asyncio.sleep(interval)
 
     async def _query(self, command: str) -> dict[str, Any]:

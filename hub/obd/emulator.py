@@ -12,6 +12,8 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,28 +31,50 @@ class Emulator:
     # Stored trouble codes in the emulator's hex ("0143" is P0143). On CAN a real ECU's answer starts with
     # the number of codes, which the emulator leaves out: give it first, ("02", "0143", "0196").
     dtcs: tuple[str, ...] = ()
+    pty: bool = False  # serve on a pseudo-terminal (a serial port, as /dev/rfcomm0 is) instead of TCP
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    tty: str | None = field(default=None, init=False)
 
     @property
     def url(self) -> str:
-        return f"socket://127.0.0.1:{self.port}"
+        return self.tty if self.pty and self.tty else f"socket://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 20.0) -> Emulator:
         self.workdir.mkdir(parents=True, exist_ok=True)
         if not self.port:
-            self.port = free_port()
+            self.port = free_port()  # in pty mode it only names the batch file
         batch = self.workdir / f"elm-{self.port}.out"
+        batch.unlink(missing_ok=True)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         # The emulator keeps its stored codes in `elm.obd_message.DTC_STORED`, empty unless set.
         run = ["-m", "elm"] if not self.dtcs else [
             "-c", f"import runpy, elm.obd_message as m; m.DTC_STORED[:] = {list(self.dtcs)!r}; "
                   "runpy.run_module('elm', run_name='__main__', alter_sys=True)"]
         self.proc = subprocess.Popen(
-            [sys.executable, *run, "-s", self.scenario, "-n", str(self.port), "-b", str(batch)],
+            [sys.executable, *run, "-s", self.scenario, *(() if self.pty else ("-n", str(self.port))),
+             "-b", str(batch)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             cwd=self.workdir, env=env, start_new_session=True)
-        wait_port("127.0.0.1", self.port, timeout, alive=lambda: self.proc is not None and self.proc.poll() is None)
+        def alive() -> bool:
+            return self.proc is not None and self.proc.poll() is None
+
+        if self.pty:
+            self.tty = self._wait_tty(batch, timeout, alive)
+        else:
+            wait_port("127.0.0.1", self.port, timeout, alive=alive)
         return self
+
+    @staticmethod
+    def _wait_tty(batch: Path, timeout: float, alive: Callable[[], bool]) -> str:
+        """The pseudo-terminal the emulator serves: the first line of its batch file."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and alive():
+            with contextlib.suppress(OSError):
+                first = batch.read_text().split("\n", 1)
+                if len(first) == 2 and first[0].startswith("/dev/"):
+                    return first[0]
+            time.sleep(0.02)
+        raise RuntimeError(f"ELM327 emulator gave no pty within {timeout:.0f} s (alive: {alive()})")
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
