@@ -111,8 +111,22 @@ class Mosquitto:
         """A copy of an auth or TLS file that the broker user can read (the original may be mode 600)."""
         dst = self._rundir() / f"in-{Path(path).name}"
         shutil.copyfile(path, dst)
-        os.chmod(dst, 0o644 if os.geteuid() == 0 else 0o600)
+        self._broker_only(dst)
         return str(dst)
+
+    def copy_in(self, path: str) -> str:
+        """A copy of a file named in `extra` lines (a bridge's CA, certificate, key) the broker can read."""
+        return self._readable_copy(path)
+
+    @staticmethod
+    def _broker_only(path: Path) -> None:
+        """Mode 600, owned by the broker's user: these files hold keys and passwords (a bridge's too)."""
+        if os.geteuid() == 0:  # Mosquitto started as root reads its files as the user `mosquitto`
+            with contextlib.suppress(KeyError):
+                import pwd
+
+                os.chown(path, pwd.getpwnam("mosquitto").pw_uid, -1)
+        os.chmod(path, 0o600)
 
     @property
     def log_path(self) -> Path:
@@ -152,7 +166,7 @@ class Mosquitto:
             self.tls_port = free_port(self.host)
         conf = self._rundir() / "mosquitto.conf"
         conf.write_text(self.config_text())
-        os.chmod(conf, 0o644)
+        self._broker_only(conf)
         self.proc = subprocess.Popen([exe, "-c", str(conf)], stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import functools
 import json
 import logging
@@ -723,9 +724,13 @@ class HubService:
 
     def _start_local(self) -> Mosquitto:
         lb = self.config.local_broker
-        lines = bridge.bridge_lines(self.config, self.settings)
-        broker = Mosquitto(Path(self.workdir) / "broker", port=lb.port, host=lb.host, persistence=True,
-                           extra=["set_tcp_nodelay true", *lines])  # as FleetClient: no Nagle delays
+        broker = Mosquitto(Path(self.workdir) / "broker", port=lb.port, host=lb.host, persistence=True)
+        remote = self.settings
+        if remote.tls:  # the bridge's CA, certificate and key, where the broker's own user can read them
+            remote = dataclasses.replace(remote, **{k: broker.copy_in(v) for k in ("ca", "cert", "key")
+                                                    if (v := getattr(remote, k))})
+        lines = bridge.bridge_lines(self.config, remote)
+        broker.extra = ["set_tcp_nodelay true", *lines]  # as FleetClient: no Nagle delays
         broker.start()
         log.info("hub %s: local broker on %s, bridged to %s", self.id, broker.url, self.settings.public_url)
         return broker

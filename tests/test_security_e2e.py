@@ -228,12 +228,19 @@ async def test_a_node_cannot_touch_another(fleet: Fleet, nodes: list[VirtualNode
     assert seen(admin, topics.status(h, A))[-1:] == [b"online"]  # while A itself was connected all along
 
 
-async def test_every_role_works_end_to_end_under_the_acl(fleet: Fleet, nodes: list[VirtualNode],
-                                                        tmp_path: Path) -> None:
+# The hub logs in to the home broker itself, or (as in a car) runs its own Mosquitto bridged home
+# with its login: then the bridge reads the CA and the password, as the broker's own user.
+BRIDGED = 'local_broker: { enabled: true, port: 0 }\nbridge: { restart: [1, 2] }\n'
+
+
+@pytest.mark.parametrize("hub_link", ["direct", "bridged"])
+async def test_every_role_works_end_to_end_under_the_acl(fleet: Fleet, nodes: list[VirtualNode], tmp_path: Path,
+                                                        hub_link: str) -> None:
     h = fleet.home
     lamp, lamp_set = topics.state(h, A, "lamp"), topics.command(h, A, "lamp")
+    hub_config = HUB_CONFIG + (BRIDGED if hub_link == "bridged" else "")
     async with fleet.server(tmp_path) as server, Observer(fleet.settings(HA_USER)) as ha, \
-            running_hub(HUB_CONFIG, fleet.settings(HUB), tmp_path / "hub"), \
+            running_hub(hub_config, fleet.settings(HUB), tmp_path / "hub"), \
             FleetClient(fleet.settings(B), "node-b-by-hand") as b:
         await ha.publish("homeassistant/status", "online", retain=True)  # HA's birth message, as HA sends it
         v1 = server.registry.served[A].v
@@ -249,6 +256,8 @@ async def test_every_role_works_end_to_end_under_the_acl(fleet: Fleet, nodes: li
         assert disc["command_topic"] == lamp_set and disc["state_topic"] == lamp
         await ha.wait(lamp, lambda p: p == b"OFF")
         # The hub drives the node through a rule: B's door opens, the hub switches A's lamp on.
+        if hub_link == "bridged":
+            await ha.wait(f"{h}/{HUB}/bridge", lambda p: p == b"1")
         m = ha.mark()
         await b.publish(topics.state(h, B, "door"), "open", qos=1)
         await ha.wait(lamp_set, lambda p: p == b"ON", start=m)
