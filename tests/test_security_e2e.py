@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import stat
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -240,7 +241,7 @@ async def test_every_role_works_end_to_end_under_the_acl(fleet: Fleet, nodes: li
     lamp, lamp_set = topics.state(h, A, "lamp"), topics.command(h, A, "lamp")
     hub_config = HUB_CONFIG + (BRIDGED if hub_link == "bridged" else "")
     async with fleet.server(tmp_path) as server, Observer(fleet.settings(HA_USER)) as ha, \
-            running_hub(hub_config, fleet.settings(HUB), tmp_path / "hub"), \
+            running_hub(hub_config, fleet.settings(HUB), tmp_path / "hub") as hub, \
             FleetClient(fleet.settings(B), "node-b-by-hand") as b:
         await ha.publish("homeassistant/status", "online", retain=True)  # HA's birth message, as HA sends it
         v1 = server.registry.served[A].v
@@ -258,6 +259,9 @@ async def test_every_role_works_end_to_end_under_the_acl(fleet: Fleet, nodes: li
         # The hub drives the node through a rule: B's door opens, the hub switches A's lamp on.
         if hub_link == "bridged":
             await ha.wait(f"{h}/{HUB}/bridge", lambda p: p == b"1")
+            assert hub.local is not None  # its config holds the hub's password: for the broker's user only
+            conf = hub.local.log_path.with_name("mosquitto.conf")
+            assert stat.S_IMODE(conf.stat().st_mode) == 0o600 and fleet.creds.passwords[HUB] in conf.read_text()
         m = ha.mark()
         await b.publish(topics.state(h, B, "door"), "open", qos=1)
         await ha.wait(lamp_set, lambda p: p == b"ON", start=m)
