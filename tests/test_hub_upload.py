@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -167,6 +168,8 @@ async def test_a_file_deleted_before_upload_is_logged_as_lost(sftp, tmp_path: Pa
         with caplog.at_level(logging.ERROR, logger="hub.upload"):
             assert await drain(up) == "empty"
         assert [r["state"] for r in queue.rows()] == ["lost", "done"]
+        assert queue.prune(time.time() + 1) == 1  # the lost row goes; the done one stays (its file is there)
+        assert [r["state"] for r in queue.rows()] == ["done"]
     assert any("LOST" in r.message and gone.name in r.message for r in caplog.records)
 
 

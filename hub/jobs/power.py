@@ -115,6 +115,12 @@ class PowerJob(Job):
         self.log.info("latch held on pin %d, ignition on pin %d (%s)", self.conf["latch_pin"],
                       self.conf["ignition_pin"], "mock pins" if self.mock else "GPIO")
         await self._publish_latch()
+        await self.hub.announce("binary_sensor", "ignition", {
+            "name": "Ignition", "state_topic": self.hub.topic("ignition"), "payload_on": "ON", "payload_off": "OFF",
+            "device_class": "power"})
+        await self.hub.announce("binary_sensor", "power_latch", {
+            "name": "Power latch", "state_topic": self.hub.topic("power"), "value_template": "{{ value_json.latch }}",
+            "payload_on": "ON", "payload_off": "OFF", "device_class": "power"})
         filters = [self.hub.topic("power", "set")]
         if self.mock:
             filters.append(topics.sim(self.hub.home, self.hub.id, f"pin{self.conf['ignition_pin']}", "set"))

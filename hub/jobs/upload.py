@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -37,6 +38,7 @@ TARGET_KEYS = {
 REQUIRED = {"sftp": ("host", "user", "key", "known_hosts"), "https": ("url",)}
 DEFAULTS: dict[str, Any] = {"queue": "upload.db", "scan": ["camera/*.mp4"], "retry": {"first": 2, "max": 300},
                             "progress": 1.0}
+KEEP_DONE = 30 * 86400.0  # seconds a finished row is kept after its file is gone
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -92,6 +94,7 @@ class UploadJob(Job):
     # -- life --------------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        self.queue.prune(time.time() - KEEP_DONE)
         found = await self.uploader.scan(Path(self.hub.workdir), self.scan)
         if found:
             self.log.info("queued %d file(s) found on disk that were never queued", found)

@@ -11,6 +11,7 @@ the power goes the next instant. Calls are short and run on the caller's thread 
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -138,6 +139,16 @@ class Queue:
     def lost(self, item_id: int, reason: str) -> None:
         with self.db:
             self.db.execute("UPDATE files SET state = 'lost', error = ? WHERE id = ?", (reason, item_id))
+
+    def prune(self, before: float) -> int:
+        """Forget done and lost rows finished before `before` (Unix time) whose file is gone, so the queue
+        does not grow forever; rows forgotten. A row whose file still exists stays: a scan would queue it again."""
+        rows = self.db.execute("SELECT id, path FROM files WHERE state != 'queued' AND COALESCE(done_at, added) < ?",
+                               (before,)).fetchall()
+        gone = [(row_id,) for row_id, path in rows if not os.path.exists(path)]
+        with self.db:
+            self.db.executemany("DELETE FROM files WHERE id = ?", gone)
+        return len(gone)
 
     def rows(self, state: str | None = None) -> list[dict[str, object]]:
         """Every row (or those in `state`), oldest first, as dicts: for `fleet hub upload status` and tests."""
