@@ -9,7 +9,9 @@ state, commands)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import shutil
 import stat
 import sys
@@ -277,19 +279,35 @@ async def test_every_role_works_end_to_end_under_the_acl(fleet: Fleet, nodes: li
     assert not [t for t, _, _ in ha.msgs if t.startswith(f"{h}/") and t.endswith("/config")]
 
 
+@contextlib.asynccontextmanager
+async def server_command(fleet: Fleet, tmp_path: Path) -> AsyncIterator[None]:
+    """`fleet server run --keys …` as docs/SECURITY.md has it: the login in FLEET_BROKER, the CA in
+    FLEET_CA. Ends with SIGTERM (a clean stop) when the block does."""
+    s = fleet.settings(SERVER_USER)
+    env = {**os.environ, "FLEET_BROKER": s.url, "FLEET_CA": str(s.ca), "FLEET_HOME": fleet.home}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "fleet.cli", "server", "run", "--devices", str(fleet.devices),
+        "--keys", str(fleet.out / "keys"), "--state", str(tmp_path / "state.sqlite"), "--server-id", "cli",
+        env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
 async def test_only_the_servers_configs_are_taken(fleet: Fleet, nodes: list[VirtualNode], tmp_path: Path) -> None:
     h = fleet.home
     ack, reply, errors = topics.config_ack(h, A), topics.config_reply(h, A), topics.log(h, "error", A)
-    async with fleet.server(tmp_path) as server, Observer(fleet.settings(ADMIN_USER)) as admin:
-        v1 = server.registry.served[A].v
+    async with Observer(fleet.settings(ADMIN_USER)) as admin, server_command(fleet, tmp_path):
+        await admin.wait(f"{h}/config/server/cli", lambda p: p == b"online")
         vn = await start(nodes, fleet.node(A, tmp_path / A))
-        await admin.wait_json(ack, lambda d: d["v"] == v1 and d["state"] == "applied")
+        v1 = (await admin.wait_json(ack, lambda d: d["state"] == "applied"))["v"]
         genuine_v1 = [p for p in seen(admin, reply) if json.loads(p.split(b"\n", 1)[0])["v"] == v1]
         assert json.loads(genuine_v1[0].split(b"\n", 1)[0])["sig"].startswith("hmac-sha256:")
         # A new config from the server: pushed, taken.
         (fleet.devices / f"{A}.hjson").write_text(DEVICE.replace("pin: 5", "pin: 6"))
-        await admin.wait_json(ack, lambda d: d["v"] != v1 and d["state"] == "applied")
-        v2 = server.registry.served[A].v
+        v2 = (await admin.wait_json(ack, lambda d: d["v"] != v1 and d["state"] == "applied"))["v"]
         counter = parse_version(v2)[0]
         assert counter is not None
 
