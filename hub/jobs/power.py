@@ -168,7 +168,7 @@ class PowerJob(Job):
         text = payload.decode(errors="replace").strip()
         if topic == self.hub.topic("power", "set"):
             if text == "release":
-                await self._reply("released", "refused" if self.ignition else await self.release("rules"))
+                await self._reply("released", await self.release("rules"))
             elif text == "shutdown":
                 # Started per command; ends when the shutdown command returns (or times out).
                 tasks.create_task(self._shutdown(), name="power-shutdown")
@@ -233,7 +233,7 @@ class PowerJob(Job):
 
     async def release(self, why: str) -> str:
         """Open the latch (the Pi loses power) unless the ignition is on."""
-        if self.ignition:
+        if self.ignition is not False:  # on, or not yet known (within the first debounce)
             return "refused"
         if self._deadline_task is not None and why != "deadline":
             self._deadline_task.cancel()
@@ -246,7 +246,7 @@ class PowerJob(Job):
         return "released"
 
     async def _shutdown(self) -> None:
-        if self.ignition:
+        if self.ignition is not False:
             await self._reply("shutdown", "refused")
             return
         cmd = [str(part) for part in self.conf["shutdown"]]
