@@ -94,7 +94,7 @@ class Snoop(Component):
         self.log.info("tried everything on " + self.victim)
 
     async def _got(self, topic, msg, retained):
-        self.log.error("read %s: %d bytes" % (topic, len(msg)))
+        self.log.error("SNOOPED %s: %d bytes" % (topic, len(msg)))
 '''
 
 
@@ -227,7 +227,7 @@ async def test_a_node_cannot_touch_another(fleet: Fleet, nodes: list[VirtualNode
     about_b = [(t, p) for t, p, _ in admin.msgs if B in t.split("/")]
     assert about_b and [(t, p) for t, p in about_b if (t, p) not in genuine] == []
     # … and neither A's snoop nor the impostor got any of B's config or state.
-    assert "read " not in snoop.output and "config 1-" not in impostor.output, snoop.output + impostor.output
+    assert "SNOOPED" not in snoop.output and "config 1-" not in impostor.output, snoop.output + impostor.output
     assert seen(admin, topics.status(h, A))[-1:] == [b"online"]  # while A itself was connected all along
 
 
