@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
@@ -21,18 +22,23 @@ def devices_table(sim: Sim, rows: int = 14) -> Table:
     ids = [i for i in sim.nodes if not i.startswith("node-")] + [HUB_ID]
     others = [i for i in sim.nodes if i.startswith("node-") and not w.device(i).configured]
     shown = ids + others[: max(0, rows - len(ids))]
+    now = time.monotonic()
     configured = sum(1 for n in sim.nodes if w.device(n).configured)
     online = sum(1 for n in sim.nodes if w.device(n).status == "online")
     table = Table(title=f"devices: {len(sim.nodes)} nodes, {online} online, {configured} configured",
                   title_justify="left", box=None, header_style="bold")
-    for col in ("device", "status", "config", "heap free", "uptime", "boots", "note"):
-        table.add_column(col, justify="right" if col in ("heap free", "uptime", "boots") else "left")
+    for col in ("device", "status", "config", "heap free", "for", "boots", "note"):
+        table.add_column(col, justify="right" if col in ("heap free", "for", "boots") else "left")
     for device_id in shown:
         d = w.device(device_id)
         node = sim.nodes.get(device_id)
         heap = d.info.get("heap_free")
-        uptime = d.info.get("uptime")
+        since = now - d.changes[-1][0] if d.changes else None  # in this status, as seen from here
         note = ""
+        jobs = w.top.jobs.get(device_id, {}) if device_id == HUB_ID else {}
+        if jobs:
+            states = [j.get("state") for j in jobs.values() if isinstance(j, dict)]
+            note = ", ".join(f"{states.count(s)} {s}" for s in dict.fromkeys(states)) + " jobs"
         if d.info.get("failed"):
             note = "failed: " + ", ".join(d.info["failed"])
         elif node is not None and node.vnode is None:
@@ -41,7 +47,7 @@ def devices_table(sim: Sim, rows: int = 14) -> Table:
             note = f"config {d.ack.get('state')}"
         table.add_row(device_id, Text(d.status, STYLE.get(d.status, "")), d.config or "—",
                       f"{heap:,}" if isinstance(heap, int) else "—",
-                      f"{uptime}s" if isinstance(uptime, int | float) else "—",
+                      f"{since:.0f}s" if since is not None else "—",
                       str(node.vnode.boots if node and node.vnode else "") if node else "", note)
     if len(others) > len(shown) - len(ids):
         table.add_row(f"… {len(others) - (len(shown) - len(ids))} more not configured", "", "", "", "", "", "")

@@ -105,6 +105,10 @@ class Watch:
         self.last[topic] = payload
         self.top.feed(topic, payload, not retained)
         parts = topic.split("/")
+        if len(parts) == 3 and parts[0] == self.home and parts[1] != self.hub and parts[2] in ("stats", "jobs"):
+            # a node's component may be called `stats` too: only the hub's reports are the hub's
+            self.top.hubs.pop(parts[1], None)
+            self.top.jobs.pop(parts[1], None)
         if parts[0] == self.home and len(parts) == 4 and parts[1] == "log":
             self.levels[parts[2]] = self.levels.get(parts[2], 0) + 1
             if parts[2] in ("error", "critical"):
