@@ -66,15 +66,17 @@ PROTOCOL = [
 
 
 def processes_in(folder: Path) -> list[int]:
-    """PIDs of processes whose working directory is inside `folder` (the nodes, the emulator)."""
+    """PIDs of processes working inside `folder` (nodes, emulator) or naming it (config server, hub)."""
     found = []
     for pid in os.listdir("/proc"):
-        if pid.isdigit():
+        if pid.isdigit() and int(pid) != os.getpid():
             try:
-                if Path(os.readlink(f"/proc/{pid}/cwd")).is_relative_to(folder):
-                    found.append(int(pid))
+                cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
             except OSError:
                 continue
+            if cwd.is_relative_to(folder) or str(folder) in cmdline:
+                found.append(int(pid))
     return found
 
 
@@ -174,10 +176,10 @@ def test_default_scenario_loads() -> None:
 
 
 def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
-    """`fleet sim` as a user runs it, no hub (quick): Ctrl-C (SIGINT) ends it with 130 and leaves nothing."""
+    """`fleet sim` as a user runs it: Ctrl-C (SIGINT) ends it with 130 and leaves no process behind."""
     (tmp_path / "wait.hjson").write_text('{ steps: [ { expect: "configured", within: 60 }, { wait: 600 } ] }')
     folder = tmp_path / "sim"
-    proc = subprocess.Popen([sys.executable, "-m", "fleet.cli", "sim", "--no-hub", "--no-view", "--dir", str(folder),
+    proc = subprocess.Popen([sys.executable, "-m", "fleet.cli", "sim", "--no-view", "--dir", str(folder),
                              "--scenario", str(tmp_path / "wait.hjson")], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, cwd=REPO)
     assert proc.stdout is not None
@@ -186,7 +188,8 @@ def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
         lines.append(line)
         if "✓" in line:  # every node configured
             break
-    assert processes_in(folder), "".join(lines)
+    running = processes_in(folder)
+    assert len(running) >= 3 + 3, "".join(lines)  # 3 nodes, the server, the hub, the emulator
     proc.send_signal(signal.SIGINT)
     rest, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, "".join(lines) + rest
