@@ -349,6 +349,9 @@ class Sim:
                 self.settings = BrokerSettings(self.broker.url, o.home)
             self.watch = await stack.enter_async_context(Watch(self.settings, HUB_ID))
             self.client = await stack.enter_async_context(FleetClient(self.settings, f"fleet-sim-{os.getpid()}"))
+            kind = f"{self.broker.kind} broker" if self.broker else "broker"
+            self.watch.note(f"{kind} {self.settings.public_url}: `mosquitto_sub -h {self.settings.host} "
+                            f"-p {self.settings.port} -t '#' -v` shows the traffic")
             ids = self.prepare_devices()
             for problem in self.problems:
                 self.watch.note(problem)
