@@ -116,6 +116,7 @@ class Child:
     name: str
     argv: list[str]
     log: Path
+    env: dict[str, str] | None = None
     proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> Child:
@@ -123,7 +124,7 @@ class Child:
         with self.log.open("ab") as out:
             self.proc = await asyncio.create_subprocess_exec(
                 *self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True, cwd=REPO)  # a session of its own: Ctrl-C reaches the sim alone
+                start_new_session=True, cwd=REPO, env=self.env)  # a session of its own: Ctrl-C reaches the sim alone
         return self
 
     @property
@@ -255,13 +256,15 @@ class Sim:
                         + json.dumps(conf, indent=2) + "\n")
         return path
 
-    def broker_args(self) -> list[str]:
+    def broker_env(self) -> dict[str, str]:
+        """The broker for the server and the hub, in their environment (a password stays out of `ps`)."""
         s = self.settings
-        args = ["--broker", s.url, "--home", s.home]
-        for opt, value in (("--ca", s.ca), ("--cert", s.cert), ("--key", s.key)):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
+        env.update(FLEET_BROKER=s.url, FLEET_HOME=s.home)
+        for name, value in (("FLEET_CA", s.ca), ("FLEET_CERT", s.cert), ("FLEET_KEY", s.key)):
             if value:
-                args += [opt, value]
-        return args
+                env[name] = value
+        return env
 
     # -- nodes --------------------------------------------------------------------------------------
 
@@ -358,8 +361,8 @@ class Sim:
             logs = self.folder / "logs"
             fleet_cmd = [sys.executable, "-m", "fleet.cli"]
             server = Child("server", [*fleet_cmd, "server", "run", "--devices", str(self.folder / "devices"),
-                                      "--state", str(self.folder / "server" / "state.sqlite"),
-                                      *self.broker_args()], logs / "server.log")
+                                      "--state", str(self.folder / "server" / "state.sqlite")],
+                           logs / "server.log", self.broker_env())
             (self.folder / "server").mkdir(exist_ok=True)
             self.children["server"] = await server.start()
             stack.push_async_callback(server.stop)
@@ -369,8 +372,8 @@ class Sim:
                 elm = Emulator(self.folder / "elm")
                 await asyncio.to_thread(elm.start)
                 stack.callback(elm.stop)
-                hub = Child("hub", [*fleet_cmd, "hub", "run", "--config", str(self.hub_config(elm, nas)),
-                                    *self.broker_args()], logs / "hub.log")
+                hub = Child("hub", [*fleet_cmd, "hub", "run", "--config", str(self.hub_config(elm, nas))],
+                            logs / "hub.log", self.broker_env())
                 self.children["hub"] = await hub.start()
                 stack.push_async_callback(hub.stop)
             stack.push_async_callback(self._stop_nodes)
