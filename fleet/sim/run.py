@@ -340,7 +340,7 @@ class Sim:
 
     # -- the run ------------------------------------------------------------------------------------
 
-    async def run(self, stop: asyncio.Event, on_start: Any = None) -> None:
+    async def run(self, stop: asyncio.Event) -> None:
         """Start everything, play the scenario, stop everything. `stop` set (Ctrl-C) ends it early."""
         o = self.options
         async with contextlib.AsyncExitStack() as stack:
@@ -380,17 +380,17 @@ class Sim:
             self.watch.note(f"starting {len(ids)} virtual nodes")
             for node_id in ids:
                 await self.power_on(self.nodes[node_id])
-            if on_start:
-                on_start(self)
             # Started here; ends when the scenario has run, or is cancelled below on stop or timeout.
             player = asyncio.create_task(self.play(), name="sim-scenario")
             stopper = asyncio.create_task(stop.wait(), name="sim-stop")
+            # --duration counts from the start of the sim; without it the run ends with the scenario
+            deadline = self.started + o.duration if o.duration else None
             await asyncio.wait([player, stopper], return_when=asyncio.FIRST_COMPLETED,
-                               timeout=o.duration or None)
+                               timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
             if player.done() and not stopper.done() and o.duration is not None:
-                left = (o.duration - self.elapsed()) if o.duration else None
-                if left is None or left > 0:
-                    await asyncio.wait([stopper], timeout=left)  # the fleet runs on until --duration
+                # the fleet runs on until --duration (0: until Ctrl-C)
+                await asyncio.wait([stopper], timeout=None if deadline is None else
+                                   max(0.0, deadline - time.monotonic()))
             self.interrupted = stop.is_set()
             self.configured_at_end = sum(1 for n in self.nodes if self.watch.device(n).configured)
             for task in (player, stopper):
