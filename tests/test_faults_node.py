@@ -266,8 +266,10 @@ async def test_flood_on_subscribed_topics_keeps_heap_bounded_and_node_responsive
            round_trip_s=round(latency, 2), heap_before=base, heap_after=end, heap_low=info["heap_min"],
            heap_min_during=min(during, default=None), dropped_oldest=dropped, middle_command_applied=middle_applied)
     assert settled < 30
-    assert end > base - 8192  # nothing kept from the flood (readings are after a garbage collection)
-    assert info["heap_min"] > 16384  # never near running out (256K heap, ~160K free at rest)
+    # nothing kept from the flood: readings are after a garbage collection (info's heap_min is before one,
+    # so it only says how much garbage piled up between collections)
+    assert end > base - 8192
+    assert min(during, default=base) > base - 16384
 
 
 @pytest.mark.slow
@@ -294,7 +296,7 @@ async def test_heap_is_stable_over_1000_command_cycles(settings: BrokerSettings,
     warm, last = readings
     report("1,000 command cycles (node)", cycles=cycles, seconds=round(took, 1), heap_after_100=warm,
            heap_after_1000=last)
-    assert abs(last - warm) < 4096  # no growth: what a cycle allocates is all garbage
+    assert last > warm - 4096  # no growth: what a cycle allocates is all garbage
 
 
 # The link layer alone, cut 1,000 times: the node runtime's backoff starts at 1 s (and grows while a link
@@ -350,8 +352,9 @@ def test_link_heap_is_stable_over_1000_cut_cycles(mosquitto: Mosquitto, upy, tmp
                     pass
         took = time.monotonic() - t0
         assert node.alive and "Traceback" not in node.output
-    warm = min(heap[i] for i in range(90, 111))
-    last = min(heap[i] for i in range(cycles - 10, cycles + 2))
+    # after an echo each (it leaves the last message in the incoming ring); least free in the window
+    warm = min(heap[i] for i in range(251, 300))
+    last = min(heap[i] for i in range(cycles - 48, cycles + 2))
     report("1,000 link cuts (node MQTT client)", cycles=cycles, seconds=round(took, 1),
-           reconnect_ms=round(took / cycles * 1000, 1), heap_after_100=warm, heap_after_1000=last)
-    assert abs(last - warm) < 1024
+           reconnect_ms=round(took / cycles * 1000, 1), heap_after_250=warm, heap_after_1000=last)
+    assert last > warm - 1024
