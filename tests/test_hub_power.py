@@ -55,6 +55,12 @@ class Car:
         self.latch_level = f"{home}/_sim/{HUB}/pin{LATCH}/level"
 
     async def key(self, on: bool) -> None:
+        # the power job is subscribed to its pin once it has published the ignition; the rules job to the
+        # ignition a moment after it reports running
+        await self.w.wait(lambda s: s.topic == f"{self.home}/{HUB}/ignition", 20, "the ignition state")
+        await self.w.wait(lambda s: s.topic == f"{self.home}/{HUB}/jobs"
+                          and s.json()["rules"]["state"] == "running", 20, "the rules job running")
+        await asyncio.sleep(0.3)
         await self.w.publish(f"{self.home}/_sim/{HUB}/pin{IGNITION}/set", "1" if on else "0")
 
     async def released(self, timeout: float) -> float:

@@ -125,12 +125,12 @@ class PowerJob(Job):
         if self.mock:
             filters.append(topics.sim(self.hub.home, self.hub.id, f"pin{self.conf['ignition_pin']}", "set"))
         try:
-            async with asyncio.TaskGroup() as tasks:
+            # subscribed before `ignition` is first published: whoever sees it may drive the pins
+            async with self.hub.subscribe(filters) as messages, asyncio.TaskGroup() as tasks:
                 # Runs for the job's life: turns ignition levels into key-on / key-off after debounce.
                 tasks.create_task(self._ignition_loop(), name="power-ignition")
-                async with self.hub.subscribe(filters) as messages:
-                    async for msg in messages:
-                        await self._on_message(tasks, msg.topic.value, bytes(msg.payload or b""))  # type: ignore[arg-type]
+                async for msg in messages:
+                    await self._on_message(tasks, msg.topic.value, bytes(msg.payload or b""))  # type: ignore[arg-type]
         finally:
             if self._deadline_task is not None:
                 self._deadline_task.cancel()
