@@ -31,8 +31,9 @@ def register(parser: argparse.ArgumentParser) -> None:
                         "(each a climate sensor and a relay; default %(default)s)")
     parser.add_argument("--duration", type=float, metavar="S", help="run this many seconds (default: until the "
                         "scenario has run; 0: until Ctrl-C); expectations not met by then fail")
-    parser.add_argument("--devices", type=Path, help="device files (default examples/devices)")
-    parser.add_argument("--scenario", type=Path, help="scenario file (default examples/scenarios/drive.hjson)")
+    parser.add_argument("--devices", type=Path, metavar="DIR", help="device files (default examples/devices)")
+    parser.add_argument("--scenario", type=Path, metavar="FILE",
+                        help="scenario file (default examples/scenarios/drive.hjson)")
     parser.add_argument("--dir", type=Path, help="folder for every file of the run (default: temporary)")
     parser.add_argument("--heap", default="256K", help="each virtual node's MicroPython heap (default %(default)s)")
     parser.add_argument("--broker-kind", choices=("auto", "mosquitto", "embedded"), default="auto",
@@ -96,7 +97,8 @@ async def simulate(options: object, live: bool) -> int:
             stop.set()
             with contextlib.suppress(Exception):
                 await runner
-    console.print(summary(sim))
-    if sim.ok and sim.temporary:
+    keep = not (sim.ok and sim.temporary)
+    console.print(summary(sim, keep))
+    if not keep:
         shutil.rmtree(sim.folder, ignore_errors=True)
     return 0 if sim.ok else 130 if sim.interrupted else 1

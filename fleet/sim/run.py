@@ -361,11 +361,16 @@ class Sim:
             logs = self.folder / "logs"
             fleet_cmd = [sys.executable, "-m", "fleet.cli"]
             server = Child("server", [*fleet_cmd, "server", "run", "--devices", str(self.folder / "devices"),
-                                      "--state", str(self.folder / "server" / "state.sqlite")],
+                                      "--state", str(self.folder / "server" / "state.sqlite"),
+                                      "--server-id", f"sim-{os.getpid()}"],
                            logs / "server.log", self.broker_env())
             (self.folder / "server").mkdir(exist_ok=True)
             self.children["server"] = await server.start()
             stack.push_async_callback(server.stop)
+            presence = f"{o.home}/config/server/sim-{os.getpid()}"
+            if not await self.watch.wait_until(lambda: self.watch.last.get(presence) == b"online", 30):
+                self.problems.append(f"the config server is not online after 30 s: see {server.log}")
+                self.watch.note(self.problems[-1])
             if o.hub:
                 nas = await SftpServer(self.folder / "nas").start()
                 stack.push_async_callback(nas.close)

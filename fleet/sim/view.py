@@ -87,7 +87,7 @@ def render_text(sim: Sim, width: int = 160) -> str:
     return console.file.getvalue()  # type: ignore[attr-defined]
 
 
-def summary(sim: Sim) -> RenderableType:
+def summary(sim: Sim, kept: bool = True) -> RenderableType:
     w = sim.watch
     held = sum(1 for r in sim.results if r.state == "ok")
     expected = sum(1 for r in sim.results if r.step.kind == "expect")
@@ -104,7 +104,8 @@ def summary(sim: Sim) -> RenderableType:
                       + (f" (last error: {w.last_error})" if errors and w.last_error else "")))
     for problem in sim.problems:
         lines.append(Text(f"problem: {problem}", "red"))
-    lines.append(Text(f"files: {sim.folder} (logs/, nodes/<id>.log)"))
+    lines.append(Text(f"files: {sim.folder} (logs/, nodes/<id>.log)" if kept else
+                      "files: a temporary folder, removed (--dir DIR keeps them)"))
     return Group(steps_table(sim, last=None), *lines)
 
 
