@@ -75,6 +75,11 @@ class FaultProxy:
             async with self._server:
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._server.serve_forever()
+            # connections still being set up or pumped: end them here, not as "destroyed but pending"
+            rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in rest:
+                t.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
 
         def run() -> None:
             self._loop.run_until_complete(serve())
