@@ -149,12 +149,13 @@ async def test_stall_longer_than_keepalive_loses_no_accepted_command(settings: B
         # the broker gives up too (1.5 × keepalive without a byte) and publishes the Will
         await rig.obs.wait(rig.topic("status"), lambda p: p == b"offline", timeout=10)
         await asyncio.sleep(max(0.0, 2.5 * KEEPALIVE - (time.monotonic() - t0)))
+        m = rig.obs.mark()
         rig.proxy.resume()
         back = time.monotonic()
         for relay in ("relay1", "relay2"):
             await rig.obs.wait(rig.topic(relay), lambda p: p == b"ON", timeout=15)
         recovered = time.monotonic() - back
-        await rig.obs.wait(rig.topic("status"), lambda p: p == b"online", timeout=10)
+        await rig.obs.wait(rig.topic("status"), lambda p: p == b"online", timeout=10, start=m)
         await rig.settle("relay1", "relay2")
         for relay in ("relay1", "relay2"):
             assert rig.levels(relay) == [b"0", b"1"]  # switched on exactly once
