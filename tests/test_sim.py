@@ -110,7 +110,8 @@ def check_result(sim: Sim, offline_frames: list[str]) -> None:
     # up and running, pulled, back; and offline when the sim stopped it
     assert [s for _, s in room.changes][-4:] == ["online", "offline", "online", "offline"]
     assert sim.configured_at_end == 3
-    assert sim.nodes["room"].boots == 2
+    assert sim.nodes["room"].power_ons == 2
+    assert sim.nodes["room"].boots == 3  # its first boot, the restart that applied its config, the boot after the kill
     assert not processes_in(sim.folder), "a process of the sim outlived it"
 
 

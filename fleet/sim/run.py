@@ -153,7 +153,13 @@ class Node:
     fs: Path
     vnode: VirtualNode | None = None
     log: IO[str] | None = None
-    boots: int = 0
+    power_ons: int = 0
+    earlier_boots: int = 0  # VM boots under the VirtualNodes of earlier power-ons
+
+    @property
+    def boots(self) -> int:
+        """Every boot of its VM: power-ons, and restarts (a config applied, a crash, a reset)."""
+        return self.earlier_boots + (self.vnode.boots if self.vnode else 0)
 
 
 @dataclass
@@ -275,12 +281,13 @@ class Sim:
         out = node.log
         node.vnode = VirtualNode(node.fs, node.id, self.settings, heap=self.options.heap,
                                  echo=lambda line: out.write(line + "\n"))
-        node.boots += 1
+        node.power_ons += 1
         await node.vnode.__aenter__()
 
     async def power_off(self, node: Node, kill: bool = True) -> None:
         vn, node.vnode = node.vnode, None
         if vn is not None:
+            node.earlier_boots += vn.boots
             await (vn.power_off() if kill else vn.stop())
 
     # -- the scenario -------------------------------------------------------------------------------

@@ -17,11 +17,12 @@ MARK = {"ok": "✓", "done": "·", "failed": "✗", "running": "…", "waiting":
 
 
 def devices_table(sim: Sim, rows: int = 14) -> Table:
-    """The example devices and the hub always; generated nodes only when something is wrong with them."""
+    """The hub and the device files' nodes; generated nodes only while they are not configured; those not
+    configured first, at most `rows`."""
     w = sim.watch
-    ids = [i for i in sim.nodes if not i.startswith("node-")] + [HUB_ID]
-    others = [i for i in sim.nodes if i.startswith("node-") and not w.device(i).configured]
-    shown = ids + others[: max(0, rows - len(ids))]
+    listed = [i for i in (HUB_ID, *sim.nodes) if not i.startswith("node-") or not w.device(i).configured]
+    listed.sort(key=lambda i: i != HUB_ID and w.device(i).configured)  # stable: the hub, then problems
+    shown = listed[:rows]
     now = time.monotonic()
     configured = sum(1 for n in sim.nodes if w.device(n).configured)
     online = sum(1 for n in sim.nodes if w.device(n).status == "online")
@@ -48,9 +49,9 @@ def devices_table(sim: Sim, rows: int = 14) -> Table:
         table.add_row(device_id, Text(d.status, STYLE.get(d.status, "")), d.config or "—",
                       f"{heap:,}" if isinstance(heap, int) else "—",
                       f"{since:.0f}s" if since is not None else "—",
-                      str(node.vnode.boots if node and node.vnode else "") if node else "", note)
-    if len(others) > len(shown) - len(ids):
-        table.add_row(f"… {len(others) - (len(shown) - len(ids))} more not configured", "", "", "", "", "", "")
+                      str(node.boots) if node else "", note)
+    if len(listed) > len(shown):
+        table.add_row(f"… {len(listed) - len(shown)} more", "", "", "", "", "", "")
     return table
 
 
