@@ -65,11 +65,11 @@ class HttpsTarget:
             raise UploadError(self.name, f"cannot reach {self.host}:{self.port}: {exc}", reachable=False) from exc
 
     async def upload(self, t: Transfer) -> str:
-        return await self.finish(t, await self.send(t))
+        return await self.send(t)
 
-    async def finish(self, t: Transfer, held: str) -> str:
-        """Nothing left to do: the PUT's answer was the verification."""
-        return held
+    async def finish(self, items: list[tuple[Transfer, str]]) -> list[str | UploadError]:
+        """Nothing left to do: each PUT's answer was its verification."""
+        return [held for _, held in items]
 
     async def send(self, t: Transfer) -> str:
         """PUT the whole file; the verification its answer allows (`sha256` or `size`)."""

@@ -78,33 +78,47 @@ class SftpTarget:
 
     async def upload(self, t: Transfer) -> str:
         """Put the file, verify it, rename it into place; the verification done (`sha256` or `size`)."""
-        return await self.finish(t, await self.send(t))
+        (result,) = await self.finish([(t, await self.send(t))])
+        if isinstance(result, UploadError):
+            raise result
+        return result
 
     async def send(self, t: Transfer) -> str:
         """Write the file to `<remote>.part` (continuing a partial one); the remote path now holding it.
-        The uploader sends the next file while `finish` checks this one."""
+        The uploader goes on sending while `finish` checks what was sent."""
         async with self._errors(t):
             await self.open()
             assert self._sftp is not None  # set by open()
             return await self._send(self._sftp, t)
 
-    async def finish(self, t: Transfer, held: str) -> str:
-        """Verify what `send` wrote and rename it into place; the verification done."""
-        async with self._errors(t):
+    async def finish(self, items: list[tuple[Transfer, str]]) -> list[str | UploadError]:
+        """Verify what `send` wrote (one `sha256sum` for all of them) and rename each into place; per file
+        the verification done, or why it failed. A lost connection fails them all (raised)."""
+        async with self._errors(items[0][0]):
             await self.open()
-            assert self._sftp is not None
-            if held != t.remote:  # on the server's disk before it counts as uploaded (here, not in send:
-                # the next file goes out meanwhile)
-                async with self._sftp.open(held, "r+b") as f:
-                    with contextlib.suppress(asyncssh.SFTPOpUnsupported):  # fsync@openssh.com: an extension
-                        await f.fsync()
-            verified = await self._verified(held, t)
-            if not verified:
-                t.checkpoint(0)  # the part is wrong: the next attempt replaces it
-                raise UploadError(self.name, f"{held}: verification failed after upload")
-            if held != t.remote:
-                await _rename_over(self._sftp, held, t.remote)
-            return verified
+            sftp = self._sftp
+            assert sftp is not None
+            for t, held in items:
+                if held != t.remote:  # on the server's disk before it counts as uploaded
+                    async with sftp.open(held, "r+b") as f:
+                        with contextlib.suppress(asyncssh.SFTPOpUnsupported):  # fsync@openssh.com: an extension
+                            await f.fsync()
+            digests = await self._hashes([held for _, held in items])
+            results: list[str | UploadError] = []
+            for t, held in items:
+                try:
+                    verified = await self._verdict(held, t, digests)
+                    if not verified:
+                        t.checkpoint(0)  # the part is wrong: the next attempt replaces it
+                        raise UploadError(self.name, f"{held}: verification failed after upload")
+                    if held != t.remote:
+                        await _rename_over(sftp, held, t.remote)
+                    results.append(verified)
+                except UploadError as exc:
+                    results.append(exc)
+                except asyncssh.SFTPError as exc:
+                    results.append(UploadError(self.name, f"{t.remote}: {exc.reason}"))
+            return results
 
     @contextlib.asynccontextmanager
     async def _errors(self, t: Transfer) -> AsyncIterator[None]:
@@ -167,35 +181,47 @@ class SftpTarget:
         return offset
 
     async def _verified(self, path: str, t: Transfer) -> str | None:
+        return await self._verdict(path, t, await self._hashes([path]))
+
+    async def _verdict(self, path: str, t: Transfer, digests: dict[str, str] | None) -> str | None:
+        """`sha256` or `size` when `path` holds the file, None when it does not. `digests`: the server's
+        sha256 by path, None when it does not run sha256sum."""
         assert self._sftp is not None
         if await _size(self._sftp, path) != t.size:
             return None
-        remote = await self._hash(path) if self.verify != "size" else None
-        if remote is not None:
-            return "sha256" if remote == t.item.sha256 else None
+        if digests is not None:
+            return "sha256" if digests.get(path) == t.item.sha256 else None
         if self.verify == "sha256":
             raise UploadError(self.name, f"{self.host} does not run sha256sum and verify is 'sha256'")
         return "size"
 
     async def _hash(self, path: str) -> str | None:
-        """The server's `sha256sum` of `path` (an existing file), or None when it does not run it
-        (remembered for this connection's server)."""
-        if self._exec is False:
-            return None
-        digest = await self._remote_sha256(path)
-        self._exec = digest is not None
-        return digest
+        digests = await self._hashes([path])
+        return digests.get(path) if digests else None
 
-    async def _remote_sha256(self, path: str) -> str | None:
+    async def _hashes(self, paths: list[str]) -> dict[str, str] | None:
+        """The server's `sha256sum` of `paths`, one exec for all (each exec can cost a login shell): path
+        → hex digest (a path it could not read is missing). None when the server does not run it
+        (remembered for this server) or `verify` is `size`."""
+        if self.verify == "size" or self._exec is False:
+            return None
         assert self._conn is not None
         try:
-            result = await self._conn.run("sha256sum " + shlex.quote(path), check=False, timeout=600)
+            result = await self._conn.run("sha256sum " + " ".join(shlex.quote(p) for p in paths), check=False,
+                                          timeout=600)
         except (asyncssh.ChannelOpenError, asyncssh.ProcessError):
+            result = None
+        out = result.stdout if result is not None and isinstance(result.stdout, str) else ""
+        digests = {}
+        for line in out.splitlines():
+            digest, _, name = line.partition("  ")
+            if len(digest) == 64 and name in paths:
+                digests[name] = digest.lower()
+        if result is None or result.exit_status not in (0, 1):
+            self._exec = False  # no sha256sum there: exec refused, or not found (127)
             return None
-        out = result.stdout if isinstance(result.stdout, str) else ""
-        if result.exit_status != 0 or not out:
-            return None
-        return out.split()[0].lower()
+        self._exec = True
+        return digests
 
 
 async def _size(sftp: asyncssh.SFTPClient, path: str) -> int | None:

@@ -26,6 +26,7 @@ from hub.upload.queue import Item, Queue
 from hub.upload.transfer import Transfer, sha256_of
 
 TARGET_TYPES = ("sftp", "https")
+AHEAD = 8  # files sent but not yet verified, at most
 DROPS = 3  # broken transfers in a row after which a target counts as out of reach
 CHECKPOINT_EVERY = 0.25  # seconds between offset checkpoints (SQLite commits): bounds what a crash re-sends
 
@@ -45,8 +46,9 @@ class Target(Protocol):
     async def send(self, t: Transfer) -> Any:
         """Transfer the file; what `finish` needs to verify it."""
 
-    async def finish(self, t: Transfer, held: Any) -> str:
-        """Verify and put in place; the verification done: `sha256` or `size`."""
+    async def finish(self, items: list[tuple[Transfer, Any]]) -> list[str | UploadError]:
+        """Verify sent files and put them in place; per file the verification done (`sha256` or `size`) or
+        why it failed. Raises UploadError when the link is lost."""
 
 
 def make_target(name: str, config: dict[str, Any]) -> Target:
@@ -187,8 +189,8 @@ class Uploader:
         try:
             await w.run()
         finally:
-            if w.finishing is not None:
-                w.finishing[0].cancel()
+            if w.finisher is not None:
+                w.finisher.cancel()
 
     async def _connect(self, target: Target) -> None:
         probe = self.when_reachable.get(target.name)
@@ -196,10 +198,10 @@ class Uploader:
             raise UploadError(target.name, f"{probe[0]}:{probe[1]} does not answer (when_reachable)", False)
         await target.open()
 
-    def _next(self, name: str, busy: int | None = None) -> Item | None:
+    def _next(self, name: str, busy: list[int]) -> Item | None:
         now = time.monotonic()
         self._skip = {k: v for k, v in self._skip.items() if v > now}
-        return self.queue.next(name, exclude=[*self._skip, *([busy] if busy is not None else [])])
+        return self.queue.next(name, exclude=[*self._skip, *busy])
 
     def _next_skip_delay(self) -> float | None:
         return max(0.0, min(self._skip.values()) - time.monotonic()) if self._skip else None
@@ -240,17 +242,24 @@ class Uploader:
         finally:
             self.current.pop(target.name, None)
 
-    async def _finish(self, target: Target, t: Transfer, held: Any) -> None:
-        """Verify a sent file and mark it done."""
-        verified = await target.finish(t, held)
-        item = t.item
-        complete = self.queue.done(item.id, verified)
-        self.done_count += 1
-        self.log.info("uploaded %s to %s (%d bytes, verified by %s)", item.name, target.name, item.size, verified)
-        self._notify()
-        if self.on_done:
-            await self.on_done({"path": item.path, "target": target.name, "remote": t.remote, "size": item.size,
-                                "sha256": item.sha256, "verified": verified, "complete": complete})
+    async def _finish(self, target: Target, items: list[tuple[Transfer, Any]]) -> list[tuple[Item, UploadError]]:
+        """Verify sent files and mark the good ones done; the failures."""
+        failures = []
+        for (t, _), verified in zip(items, await target.finish(items), strict=True):
+            item = t.item
+            if isinstance(verified, UploadError):
+                failures.append((item, verified))
+                continue
+            complete = self.queue.done(item.id, verified)
+            self.done_count += 1
+            self.log.info("uploaded %s to %s (%d bytes, verified by %s)", item.name, target.name, item.size,
+                          verified)
+            self._notify()
+            if self.on_done:
+                await self.on_done({"path": item.path, "target": target.name, "remote": t.remote,
+                                    "size": item.size, "sha256": item.sha256, "verified": verified,
+                                    "complete": complete})
+        return failures
 
     def _set_reachable(self, name: str, value: bool) -> None:
         if self.reachable[name] != value:
@@ -271,21 +280,25 @@ class Uploader:
 
 
 class _Worker:
-    """One target's worker. It sends a file while the previous one is verified (a `sha256sum` on the
-    server takes a while): at most one file is being finished while the next goes out."""
+    """One target's worker. It goes on sending while what it sent is verified (a `sha256sum` on the
+    server takes a while, its exec maybe a login shell): files sent meanwhile are verified together, with
+    one exec. At most AHEAD files wait for verification."""
 
     def __init__(self, up: Uploader, target: Target) -> None:
         self.up, self.target, self.name = up, target, target.name
         self.backoff = up.retry_first
         self.drops = 0  # transfers in a row whose connection broke
-        self.finishing: tuple[asyncio.Task[None], Item] | None = None
+        self.sent: list[tuple[Transfer, Any]] = []  # sent, not yet being verified
+        self.checking: list[tuple[Transfer, Any]] = []  # being verified by the finisher
+        self.finisher: asyncio.Task[list[tuple[Item, UploadError]]] | None = None
 
     async def run(self) -> None:
         up = self.up
         while True:
-            item = up._next(self.name, busy=self.finishing[1].id if self.finishing else None)
+            busy = [t.item.id for t, _ in (*self.sent, *self.checking)]
+            item = up._next(self.name, busy=busy)
             if item is None:
-                if self.finishing is not None:
+                if self.sent or self.finisher is not None:
                     await self.settle()
                     continue
                 await self.target.close()  # idle: no connection held open
@@ -305,22 +318,35 @@ class _Worker:
                 await self.settle()
                 await self.failed(item, exc, epoch)
                 continue
-            await self.settle()
             if sent is not None:
-                # Started once a file is sent; ends when it is verified and marked done (awaited by settle).
-                task = asyncio.create_task(up._finish(self.target, *sent), name=f"upload-{self.name}-finish")
-                self.finishing = (task, item)
+                self.sent.append(sent)
+            if self.finisher is not None and (self.finisher.done() or len(self.sent) >= AHEAD):
+                await self.settle(all_of_it=False)
+            if self.finisher is None and self.sent:
+                # Started when files wait for verification; ends when they are verified (awaited by settle).
+                self.checking, self.sent = self.sent, []
+                self.finisher = asyncio.create_task(up._finish(self.target, self.checking),
+                                                    name=f"upload-{self.name}-finish")
 
-    async def settle(self) -> None:
-        """Wait for the file being finished, and handle its failure."""
-        if self.finishing is None:
-            return
-        (task, item), self.finishing = self.finishing, None
-        try:
-            await task
-            self.backoff, self.drops = self.up.retry_first, 0
-        except UploadError as exc:
-            await self.failed(item, exc, self.up._epoch)
+    async def settle(self, all_of_it: bool = True) -> None:
+        """Wait for the verification running (and, with `all_of_it`, verify what waits), and handle failures."""
+        while self.finisher is not None or (all_of_it and self.sent):
+            if self.finisher is None:
+                self.checking, self.sent = self.sent, []
+                self.finisher = asyncio.create_task(self.up._finish(self.target, self.checking),
+                                                    name=f"upload-{self.name}-finish")
+            task, checking = self.finisher, self.checking
+            try:
+                failures = await task
+                self.backoff, self.drops = self.up.retry_first, 0
+            except UploadError as exc:  # the link broke: every file of the batch is tried again
+                failures = [(t.item, exc) for t, _ in checking]
+            finally:
+                self.finisher, self.checking = None, []
+            for item, exc in failures:
+                await self.failed(item, exc, self.up._epoch)
+            if not all_of_it:
+                return
 
     async def unreachable(self, exc: UploadError, epoch: int) -> None:
         """Unreachable, or a server we must not trust (host key, certificate) or that refuses us: nothing
