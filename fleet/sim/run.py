@@ -133,16 +133,17 @@ class Child:
 
     async def stop(self, timeout: float = 10.0) -> None:
         p = self.proc
-        if p is None or p.returncode is not None:
+        if p is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(p.pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(p.wait(), timeout)
-        except TimeoutError:
+        if p.returncode is None:
+            # SIGTERM to the part alone: it stops its own children (the hub its camera recorder) in order
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGKILL)
-            await p.wait()
+                p.terminate()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(p.wait(), timeout)
+        with contextlib.suppress(ProcessLookupError):  # whatever is left of its session: the part hung
+            os.killpg(p.pid, signal.SIGKILL)
+        await p.wait()
 
 
 @dataclass
