@@ -9,6 +9,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -47,6 +48,18 @@ SHORT = """
     { sim: "{hub}/pin17", payload: 0 }
     { expect: { topic: "{home}/{hub}/power", field: "sequence", equals: "released" }, within: 60 }
   ]
+}
+"""
+
+BROKEN = """{
+  components: {
+    _order: ["lamp"]
+    lamp: {
+      package: .machine.relay
+      component: Relay
+      constructor_args: {pn: 5}
+    }
+  }
 }
 """
 
@@ -196,3 +209,22 @@ def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
     assert proc.returncode == 130, "".join(lines) + rest
     assert "interrupted" in rest
     assert not processes_in(folder), "a process of the sim outlived it"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+async def test_the_default_drive_with_generated_nodes_and_a_broken_device_file(tmp_path: Path, home: str) -> None:
+    """What `scripts/fleet sim` runs (examples/scenarios/drive.hjson), plus 2 generated nodes, on a copy of
+    examples/devices holding one broken file: that one is reported and not run, the rest pass."""
+    devices = tmp_path / "devices"
+    shutil.copytree(REPO / "examples" / "devices", devices)
+    (devices / "broken.hjson").write_text(BROKEN)
+    sim = Sim(Options(folder=tmp_path / "sim", nodes=2, devices=devices, home=home))
+    await sim.run(asyncio.Event())
+    failed = [f"{r.step.where} {r.step.describe()}: {r.detail}" for r in sim.results if r.state == "failed"]
+    assert sim.ok, f"{failed}\n{render_text(sim)}"
+    assert sorted(sim.nodes) == ["door", "node-001", "node-002", "room", "thermostat"]
+    assert sim.configured_at_end == 5
+    assert len(sim.problems) == 1 and sim.problems[0].startswith("broken.hjson: refused by the config server: ")
+    assert "constructor_args.pn" in sim.problems[0]
+    assert not processes_in(sim.folder)
