@@ -67,6 +67,8 @@ async def run_node(settings: BrokerSettings, workdir: Path, heap: str, commands:
             while i - done >= window:
                 while seen < len(obs.msgs):
                     if obs.msgs[seen][0] in state_topics and not obs.msgs[seen][2]:
+                        if done not in sent:  # a command delivered twice: the link dropped and resent it
+                            return False, free, rtts, vn.output + "\n[bench] more states than commands", (0, 0)
                         rtts.append(time.perf_counter() - sent.pop(done))
                         done += 1
                     seen += 1
@@ -84,7 +86,7 @@ async def run_node(settings: BrokerSettings, workdir: Path, heap: str, commands:
                 return False, free, rtts, vn.output + "\n[bench] too slow", (0, 0)
         while done < commands and time.monotonic() < deadline:
             while seen < len(obs.msgs):
-                if obs.msgs[seen][0] in state_topics and not obs.msgs[seen][2]:
+                if obs.msgs[seen][0] in state_topics and not obs.msgs[seen][2] and done in sent:
                     rtts.append(time.perf_counter() - sent.pop(done))
                     done += 1
                 seen += 1

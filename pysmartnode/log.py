@@ -95,8 +95,9 @@ async def pump(client, home, device):
     prefix = home + "/log/"
     suffix = "/" + device
     while True:
-        await _ev.wait()
         _ev.clear()
+        if not _buf and not _dropped:
+            await _ev.wait()
         await client.wait_connected()
         if _dropped:
             n, _dropped = _dropped, 0
@@ -108,4 +109,4 @@ async def pump(client, home, device):
             if _buf and _buf[0][1] is line:
                 _buf.pop(0)
         if _buf:
-            _ev.set()
+            await asyncio.sleep_ms(100)  # the link went down meanwhile: never spin

@@ -39,8 +39,7 @@ class Node:
         self.heap_min = gc.mem_free()
         self._t0 = time.ticks_ms()
         self.discovered = False
-        self._retained = None  # topic -> retained payload, while a restore batch collects them
-        self._restored = None  # Event: the current restore batch is over
+        self._batch = None  # the state restore in progress (see retained())
         self.client = MQTTClient(
             self.id, s.mqtt_host, s.mqtt_port, s.mqtt_user, s.mqtt_password, s.mqtt_keepalive,
             False, s.mqtt_tls, (self.prefix + "/status", b"offline", True, 1), s.mqtt_queue,
@@ -74,24 +73,35 @@ class Node:
             pass
 
     async def retained(self, topic, timeout=1):
-        """The retained payload of one of this node's own topics (`<home>/<id>/<x>`), or None. Components
-        asking at about the same time share one subscription to `<home>/<id>/+` held for `timeout` s
-        (docs/PROTOCOL.md section 2), so twenty relays restoring their state cost one subscribe."""
-        if self._restored is None or self._restored.is_set():
-            self._retained = {}
-            self._restored = asyncio.Event()
-            asyncio.create_task(self._collect_retained(timeout))  # ends after `timeout` s
-        done = self._restored
-        await done.wait()
-        return self._retained.get(topic) if self._restored is done else None
+        """The retained payload of `topic`, or None (docs/PROTOCOL.md section 2). Components asking at
+        about the same time share one batch: each topic subscribed once connected, all held `timeout` s
+        together, then unsubscribed; a single task waits, however many components restore."""
+        while True:
+            b = self._batch  # [topics, results, Event set when done, still taking topics]
+            if b is None or b[2].is_set():
+                b = self._batch = [{topic}, {}, asyncio.Event(), True]
+                asyncio.create_task(self._collect_retained(b, timeout))  # ends after the batch
+                break
+            if b[3]:
+                b[0].add(topic)
+                break
+            await b[2].wait()  # that batch is subscribed already: join the next one
+        await b[2].wait()
+        return b[1].get(topic)
 
-    async def _collect_retained(self, timeout):
-        await self.wait_connected()
-        f = self.prefix + "/+"
-        await self.client.subscribe(f, 1)
-        await asyncio.sleep(timeout)
-        await self.client.unsubscribe(f)
-        self._restored.set()
+    async def _collect_retained(self, b, timeout):
+        try:
+            await self.wait_connected()
+            await asyncio.sleep_ms(50)  # components starting together join this batch
+            b[3] = False
+            for t in b[0]:
+                await self.client.subscribe(t, 1)
+            await asyncio.sleep(timeout)
+            for t in b[0]:
+                if t not in self._subs:
+                    await self.client.unsubscribe(t)
+        finally:
+            b[2].set()
 
     def _mqtt_log(self, level, msg):
         _log.write(level if isinstance(level, int) else _log.LEVELS.index(level), "mqtt", msg)
@@ -136,10 +146,11 @@ class Node:
         sim = self.home + "/_sim/" + self.id + "/"
         async for topic, msg, retained in self.client:
             try:
-                if retained and self._retained is not None and not self._restored.is_set():
-                    if topic.startswith(pre) and topic.count("/") == pre.count("/"):
-                        self._retained[topic] = bytes(msg)
-                        continue
+                b = self._batch
+                if b is not None and topic in b[0] and not b[2].is_set():
+                    if retained and topic not in b[1]:
+                        b[1][topic] = bytes(msg)
+                    continue
                 hs = self._subs.get(topic)
                 if hs:
                     for h in list(hs):
@@ -232,15 +243,27 @@ class Node:
         """Publish every component's discovery (retained) and remove what the last config announced and
         this one does not (an empty retained payload). The topics sent are kept in `discovery.txt`."""
         sent = []
+        complete = True  # else nothing is removed: a component that failed to announce is not gone
         for comp in list(self.components.values()):
             if not comp.discover:
                 continue
             try:
                 for platform, obj, extra in comp.discovery():
                     t = "homeassistant/%s/%s/%s/config" % (platform, self.id, obj)
-                    await self.publish(t, self.discovery_payload(comp, obj, extra), True, 1)
                     sent.append(t)
+                    for attempt in (1, 2, 3):
+                        try:
+                            await self.publish(t, self.discovery_payload(comp, obj, extra), True, 1)
+                            break
+                        except MemoryError:  # a peak just after connecting: a moment later it fits
+                            if attempt == 3:
+                                raise
+                            gc.collect()
+                            await asyncio.sleep_ms(300)
+            except MemoryError:
+                raise  # the after-connect work is retried as a whole
             except Exception as e:
+                complete = False
                 _l.error("discovery of %s: %s" % (comp.name, _log.describe(e)))
             gc.collect()
         try:
@@ -248,6 +271,8 @@ class Node:
                 old = [t.strip() for t in f]
         except OSError:
             old = []
+        if not complete:
+            return
         for t in old:
             if t and t not in sent:
                 await self.publish(t, b"", True, 1)
@@ -301,11 +326,13 @@ class Node:
         if pysmartnode.VIRTUAL:
             await self.client.subscribe(self.home + "/_sim/" + self.id + "/+/set", 1)
         self.client.start()
-        asyncio.create_task(self._dispatch())
-        asyncio.create_task(self._link_task())
-        asyncio.create_task(self._housekeeping())
-        asyncio.create_task(_log.pump(self.client, self.home, self.id))
-        asyncio.create_task(self.config.run())
+        # The node's own tasks, each in an error boundary that starts it again (a MemoryError at a peak
+        # must not end the router or the log pump for good); they live as long as the node.
+        self.spawn("node", None, self._dispatch)
+        self.spawn("node", None, self._link_task)
+        self.spawn("node", None, self._housekeeping)
+        self.spawn("log", None, _log.pump, None, (self.client, self.home, self.id))
+        self.spawn("config", None, self.config.run)
         if pysmartnode.VIRTUAL:
             from pysmartnode import virtual
             sim = self.home + "/_sim/" + self.id + "/"
@@ -313,7 +340,7 @@ class Node:
             async def out(sub, payload):
                 await self.client.publish(sim + sub, payload, True, 0)
 
-            asyncio.create_task(virtual.pump(out))
+            self.spawn("virtual", None, virtual.pump, None, (out,))
 
     async def wait_stopped(self):
         await self._stop.wait()

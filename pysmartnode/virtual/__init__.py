@@ -115,11 +115,15 @@ def output(part, name, payload):
 async def pump(publish):
     """Publish output changes with `await publish(subtopic, payload)`; the node runs this for its lifetime."""
     while True:
-        await _ev.wait()
-        _ev.clear()
         while _out:
             k = next(iter(_out))
-            await publish(k, _out.pop(k))
+            v = _out[k]
+            await publish(k, v)  # taken off only once sent: a failed publish is tried again
+            if _out.get(k) is v:
+                del _out[k]
+        _ev.clear()
+        if not _out:
+            await _ev.wait()
 
 
 def sim_input(part, payload):
