@@ -73,20 +73,22 @@ class SftpServer:
         await asyncio.sleep(self._free_at - now)
 
     async def _exec(self, process: asyncssh.SSHServerProcess[Any]) -> None:
+        """`sha256sum PATH…` as coreutils does it: a line per file it read, exit 1 if one could not be."""
         args = shlex.split(process.command or "")
-        if len(args) != 2 or args[0] != "sha256sum":
+        if len(args) < 2 or args[0] != "sha256sum":
             process.stderr.write(f"{args[:1]}: command not found\n")
             process.exit(127)
             return
-        path = self.root / args[1].lstrip("/")
-        try:
-            digest = await asyncio.to_thread(_sha256, path)
-        except OSError as exc:
-            process.stderr.write(f"sha256sum: {args[1]}: {exc.strerror}\n")
-            process.exit(1)
-            return
-        process.stdout.write(f"{digest}  {args[1]}\n")
-        process.exit(0)
+        status = 0
+        for name in args[1:]:
+            try:
+                digest = await asyncio.to_thread(_sha256, self.root / name.lstrip("/"))
+            except OSError as exc:
+                process.stderr.write(f"sha256sum: {name}: {exc.strerror}\n")
+                status = 1
+                continue
+            process.stdout.write(f"{digest}  {name}\n")
+        process.exit(status)
 
     def target_config(self, **extra: Any) -> dict[str, Any]:
         """The `upload.targets.<name>` section of hub.hjson for this server."""
