@@ -155,16 +155,19 @@ class Relay(Component):
     def __init__(self, name, pin, **kw):
         super().__init__(name, **kw)
         self.pin = hw.pin(pin, hw.OUT, value=0)
+        self.commanded = False
         self.start(self._restore)
 
     async def _restore(self):
         old = await self.restore_state()
-        if old in (b"ON", b"OFF"):
-            await self.on_set(old)
+        if old in (b"ON", b"OFF") and not self.commanded:  # a command meanwhile is newer
+            self.pin.value(old == b"ON")
+            await self.publish(old == b"ON")
 
     async def on_set(self, msg):
         if msg not in (b"ON", b"OFF", b"TOGGLE"):
             raise ValueError("expected ON, OFF or TOGGLE")
+        self.commanded = True
         on = not self.pin.value() if msg == b"TOGGLE" else msg == b"ON"
         self.pin.value(on)
         await self.publish(on)
