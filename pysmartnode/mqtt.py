@@ -56,7 +56,10 @@ _DISCONNECT = b"\xe0\x00"
 
 _RBUF = const(256)  # incoming packets up to this size are read in one go into a preallocated buffer
 _OBUF = const(256)  # outgoing PUBLISH packets up to this size are assembled and written in one go
-_SEEN = const(8)  # QoS 1 messages remembered, so a DUP redelivery of one already handled is dropped
+_SEEN = const(32)  # QoS 1 messages remembered, so a DUP redelivery of one already taken is dropped
+_RX1 = const(16)  # incoming QoS 1 messages held unacknowledged before the reader waits for the consumer
+_RX1_MAX = const(64)  # … and the most it ever holds (beyond queue_len's QoS 0 ones)
+_RX1_WAIT = const(1000)  # ms the reader waits for the consumer
 _RETRIES = const(2)  # resends (with DUP) of an unacknowledged QoS 1 PUBLISH before the link is called dead
 _STABLE_MS = const(30000)  # a link that lived this long resets the backoff
 _REFUSED = ("", "unacceptable protocol version", "client id rejected", "server unavailable",
@@ -242,7 +245,12 @@ class MQTTClient:
         self._omv = memoryview(self._obuf)
         self._abuf = bytearray(4)  # PUBACK
         self._q = _Ring(queue_len)  # outgoing while offline: (topic bytes, msg, retain, qos, pid)
-        self._inbox = _Ring(queue_len)  # incoming, for `async for`: (topic, msg, retained)
+        # Incoming, for `async for`: (topic, msg, retained, pid, link). A QoS 1 message is acknowledged
+        # only when the consumer takes it, so the broker's in-flight window holds back a flood and no
+        # accepted QoS 1 message is ever dropped here; QoS 0 beyond queue_len is dropped on arrival.
+        self._inbox = _Ring(queue_len + _RX1_MAX)
+        self._rx0 = 0  # QoS 0 messages in the inbox
+        self._rx0_max = queue_len
         self._seen = [0] * _SEEN  # keys (packet id + hash) of the last QoS 1 messages received
         self._seen_i = 0
         self._rxev = asyncio.Event()
@@ -367,7 +375,12 @@ class MQTTClient:
                 raise StopAsyncIteration
             self._rxev.clear()
             await self._rxev.wait()
-        return self._inbox.pop()
+        topic, msg, retained, pid, gen = self._inbox.pop()
+        if not pid:
+            self._rx0 -= 1
+        elif gen == self._gen:  # on a newer link the broker resends it (DUP) and that copy is acked
+            await self._send(gen, _PUBACK, None, pid=pid)
+        return topic, msg, retained
 
     async def close(self):
         """Say `offline` (with a will), disconnect cleanly and stop every task of the client."""
@@ -894,17 +907,30 @@ class MQTTClient:
             self._log("error", "refused a QoS 2 message on %s: QoS 2 is not supported" % topic)
             return
         if qos:
-            await self._send(gen, _PUBACK, None, pid=pid)
-            # A broker resends (DUP) a message whose PUBACK it never got, though we handled it: a
+            # A broker resends (DUP) a message whose PUBACK it never got, though we took it: a
             # TOGGLE would toggle twice. A small int key: packet id and a 14-bit hash of the message.
             key = pid | ((hash(topic) ^ hash(msg)) & 0x3FFF) << 16
             if kind & 8 and key in self._seen:
+                await self._send(gen, _PUBACK, None, pid=pid)
                 self.redelivered += 1
                 self._log("info", "dropped a redelivery of packet %d on %s: already handled" % (pid, topic))
                 return
+            # Back-pressure: stop reading while the consumer catches up (Mosquitto 2.0 does not keep to
+            # its in-flight window) — but not while a publish awaits its PUBACK, which sits behind this
+            # message in the stream: that would deadlock the link. Then hold more, up to _RX1_MAX.
+            t = ticks_ms()
+            while (self._inbox.n - self._rx0 >= _RX1 and gen == self._gen and not self._awaiting_ack()
+                   and ticks_diff(ticks_ms(), t) < _RX1_WAIT):
+                await _sleep_ms(5)
+            if self._inbox.n - self._rx0 >= _RX1_MAX:  # unacknowledged: the broker resends it on reconnect
+                self.rx_dropped += 1
+                self._log("error", "held %d unacknowledged messages: left packet %d on %s to the broker"
+                          % (_RX1_MAX, pid, topic))
+                return
             self._seen[self._seen_i] = key
             self._seen_i = (self._seen_i + 1) % _SEEN
-        self._deliver(topic, msg, bool(kind & 1))
+        if not self._deliver(topic, msg, bool(kind & 1), pid, gen) and qos:
+            await self._send(gen, _PUBACK, None, pid=pid)  # not for us: acknowledge and forget
         # Let the consumer (and every other task) run before the next message: the socket may
         # hold many, and reading them all at once would overflow the incoming queue.
         await _sleep_ms(0)
@@ -940,22 +966,34 @@ class MQTTClient:
         if qos == 1:
             await self._send(gen, _PUBACK, None, pid=pid)
 
-    def _deliver(self, topic, msg, retained):
+    def _awaiting_ack(self):
+        for rec in self._pending.values():
+            if rec[2] is not None:  # a deadline: somebody waits for this ack
+                return True
+        return False
+
+    def _deliver(self, topic, msg, retained, pid, gen):
+        """Queue a message for `async for`; False when it is dropped."""
         for f in self._subs:
             if topic_matches(f, topic):
                 break
         else:  # some brokers send messages of old or other subscriptions
             self.foreign += 1
             self._log("warning", "dropped a message on %s: it matches none of our subscriptions" % topic)
-            return
+            return False
         if retained and topic.endswith("/set"):
             self._log("info", "ignored a retained command on %s" % topic)
-            return
+            return False
+        if not pid:
+            if self._rx0 >= self._rx0_max:
+                self.rx_dropped += 1
+                self._log("warning", "incoming queue full: dropped a QoS 0 message on %s" % topic)
+                return False
+            self._rx0 += 1
         self.rx += 1
-        if self._inbox.push((topic, msg, retained)) is not None:
-            self.rx_dropped += 1
-            self._log("warning", "incoming queue full: dropped the oldest message")
+        self._inbox.push((topic, msg, retained, pid, gen))
         self._rxev.set()
+        return True
 
     def _log(self, level, msg):
         try:

@@ -90,6 +90,8 @@ async def main():
                 await c.close()
         else:
             print("MSG", topic, msg.decode(), retained)
+            if cfg.get("slow_ms"):  # a consumer slower than the sender
+                await asyncio.sleep_ms(cfg["slow_ms"])
     print("CLOSED")
 
 asyncio.run(main())
@@ -186,6 +188,23 @@ def test_connect_publish_subscribe_close(mosquitto: Mosquitto, upy, tmp_path: Pa
         late.subscribe(f"{pre}/status")
         assert late.until(f"{pre}/status") == (b"offline", True)
     assert "Traceback" not in node.output
+
+
+def test_a_qos1_flood_on_a_slow_consumer_loses_nothing(mosquitto: Mosquitto, upy, tmp_path: Path,
+                                                        home: str) -> None:
+    """QoS 1 is acknowledged when the consumer takes it: the broker's in-flight window holds the rest
+    back, so a queue of 4 loses none of 200 messages sent at once, and their order is kept."""
+    pre = f"{home}/flood"
+    node = start_node(upy, tmp_path, id=f"{home}-flood", port=mosquitto.port, prefix=pre, subs=[f"{pre}/in"],
+                      queue_len=4, slow_ms=5)
+    node.wait_for("^READY")
+    with Watcher(mosquitto.port, "flooder") as w:
+        for i in range(200):
+            w.c.publish(f"{pre}/in", str(i), 1)
+        node.wait_for(f"^MSG {pre}/in 199 ", timeout=30)
+    got = [line.split()[2] for line in node.lines if line.startswith(f"MSG {pre}/in ")]
+    assert got == [str(i) for i in range(200)]
+    assert "incoming queue full" not in node.output
 
 
 def test_will_fires_when_the_vm_is_killed(mosquitto: Mosquitto, upy, tmp_path: Path, home: str) -> None:
