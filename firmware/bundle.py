@@ -212,9 +212,10 @@ def read_config(devices: Path, device: str, library: Library) -> tuple[DeviceCon
     return checked.config, checked.warnings
 
 
-def config_py(cfg: DeviceConfig, credentials: Credentials | None = None) -> str:
+def config_py(cfg: DeviceConfig, credentials: Credentials | None = None, ca: str | None = None) -> str:
     """The device's config.py: identity, Wi-Fi, broker and settings from its device file; with `credentials`,
-    its own MQTT user, password and config-signing key (never another device's)."""
+    its own MQTT user, password and config-signing key (never another device's); with `ca`, the bundled CA
+    file the node verifies an `mqtts://` broker against."""
     values: dict[str, Any] = {"DEVICE_ID": cfg.id, "DEVICE_NAME": cfg.name}
     wifi, mqtt = cfg.wifi, cfg.mqtt
     if wifi.get("ssid"):
@@ -227,7 +228,7 @@ def config_py(cfg: DeviceConfig, credentials: Credentials | None = None) -> str:
             raise FirmwareError(f"{cfg.id}: mqtt.broker: {e}") from None
         values.update(MQTT_HOST=broker.host, MQTT_PORT=broker.port)
         if broker.tls:
-            values["MQTT_TLS"] = {}
+            values["MQTT_TLS"] = {"ca": ca} if ca else {}
         values.update(MQTT_USER=mqtt.get("user") or broker.username or None,
                       MQTT_PASSWORD=mqtt.get("password") or broker.password or None)
     elif mqtt.get("user"):
@@ -291,7 +292,7 @@ def sha256_file(path: Path) -> str:
 
 
 def make_bundle(out: Path, target: str = "esp32", *, devices: Path | None = None, device: str | None = None,
-                packages: list[str] | None = None, credentials: Path | None = None,
+                packages: list[str] | None = None, credentials: Path | None = None, ca: Path | None = None,
                 micropython: str | None = None, frozen: bool = False, root: Path = REPO) -> Bundle:
     """Build a bundle into `out` (emptied first). `device` (with `devices`) or `packages` limit the
     components; neither: all of them. `frozen`: the image already holds the code, bundle the device files only."""
@@ -329,8 +330,15 @@ def make_bundle(out: Path, target: str = "esp32", *, devices: Path | None = None
     files: list[str] = ["boot.py", "main.py"]
     for name in files:
         shutil.copyfile(DEVICE_DIR / name, out / name)
+    if ca is not None:
+        if cfg is None:
+            raise FirmwareError("--ca goes with --device: it is written into the device's config.py")
+        if b"-----BEGIN CERTIFICATE-----" not in Path(ca).read_bytes():
+            raise FirmwareError(f"--ca {ca}: not a PEM certificate (make one with `fleet broker tls-init`)")
+        shutil.copyfile(ca, out / "ca.crt")
+        files.append("ca.crt")
     if cfg is not None:
-        write_secret(out / "config.py", config_py(cfg, creds))
+        write_secret(out / "config.py", config_py(cfg, creds, "ca.crt" if ca is not None else None))
         files += ["config.py", *write_components(out, cfg)]
     lib: list[str] = []
     if not frozen:

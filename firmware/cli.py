@@ -24,6 +24,9 @@ def _selection(p: argparse.ArgumentParser) -> None:
     p.add_argument("--credentials", type=Path, metavar="DIR",
                    help="with --device: the folder of credentials.json (`fleet broker credentials`): the "
                    "device's own MQTT password and config key go into its config.py")
+    p.add_argument("--ca", type=Path, metavar="FILE",
+                   help="with --device: the CA certificate (from `fleet broker tls-init`) the node verifies an "
+                   "mqtts:// broker against; bundled as ca.crt")
     p.add_argument("--frozen", action="store_true",
                    help="the board runs an image with the code frozen in: bundle only boot.py, main.py, config.py")
 
@@ -40,7 +43,7 @@ def _make(args: argparse.Namespace, out: Path) -> Bundle:
             cfg, _ = read_config(args.devices, args.device, Library())
             target = cfg.platform or "esp32"
     return make_bundle(out, target, devices=args.devices, device=args.device, packages=args.components,
-                       credentials=args.credentials, micropython=args.micropython, frozen=args.frozen)
+                       credentials=args.credentials, ca=args.ca, micropython=args.micropython, frozen=args.frozen)
 
 
 def _bundle(args: argparse.Namespace) -> int:

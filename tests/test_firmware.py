@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from firmware.bundle import (
 )
 from fleet.cli import main as fleet_main
 from fleet.errors import ConfigError
-from fleet.security import make_credentials
+from fleet.security import make_credentials, make_tls
 from fleet.upy import REPO, MicroPython
 
 DEVICES = REPO / "examples" / "devices"
@@ -139,6 +140,22 @@ def test_device_secrets_only_in_its_own_bundle(tmp_path: Path) -> None:
     assert (frozen / "config.py").is_file() and (frozen / "components.d" / "bell.json").is_file()
     with pytest.raises(FirmwareError, match="goes with --device"):
         make_bundle(tmp_path / "x", "esp32", credentials=tmp_path / "creds")
+
+
+def test_bundle_carries_the_ca_for_mqtts(tmp_path: Path) -> None:
+    devices = tmp_path / "devices"
+    shutil.copytree(DEVICES, devices)
+    secrets = devices / "include" / "secrets.example.hjson"
+    secrets.write_text(secrets.read_text().replace("mqtt://192.168.1.10:1883", "mqtts://broker.lan:8883"))
+    tls = make_tls(tmp_path / "tls", ["broker.lan"])
+    out = make_bundle(tmp_path / "door", "esp32", devices=devices, device="door", ca=tls["ca"]).out
+    cfg = read_config_py(out / "config.py")
+    assert cfg["MQTT_TLS"] == {"ca": "ca.crt"} and cfg["MQTT_PORT"] == 8883
+    assert (out / "ca.crt").read_bytes() == tls["ca"].read_bytes()
+    assert "ca.crt" in json.loads((out / "bundle.json").read_text())["files"]
+    (tmp_path / "nope.txt").write_text("not a certificate")
+    with pytest.raises(FirmwareError, match="not a PEM certificate"):
+        make_bundle(tmp_path / "x", "esp32", devices=devices, device="door", ca=tmp_path / "nope.txt")
 
 
 def test_registry_errors_are_clear(tmp_path: Path) -> None:
