@@ -227,7 +227,9 @@ def register_verbs(verbs: argparse._SubParsersAction) -> None:  # type: ignore[t
     cred.add_argument("--out", type=Path, required=True, help="where to write credentials.json, "
                       "mosquitto.passwd and mosquitto.acl (secrets: mode 600)")
     cred.add_argument("--home", default=os.environ.get("FLEET_HOME", "home"), help="topic root")
-    cred.add_argument("--hub", action="append", default=[], help="a hub id (repeatable)")
+    cred.add_argument("--hub", action="append", default=[], metavar="ID[=HUB.HJSON]",
+                      help="a hub (repeatable); with its hub.hjson it may command only the nodes its rules "
+                      "publish to, else every node")
     cred.set_defaults(func=_cmd_credentials)
     tls = verbs.add_parser("tls-init", help="a small CA and a broker certificate for a home setup")
     tls.add_argument("--out", type=Path, required=True)
@@ -238,8 +240,34 @@ def register_verbs(verbs: argparse._SubParsersAction) -> None:  # type: ignore[t
     tls.set_defaults(func=_cmd_tls)
 
 
+def rule_targets(hub_config: Path, home: str) -> list[str]:
+    """The node ids whose `/set` the rules of a hub.hjson publish to (`<home>/<id>/…/set`)."""
+    from fleet.hjsonpos import load
+
+    found: set[str] = set()
+
+    def walk(value: object) -> None:
+        if isinstance(value, dict):
+            topic = value.get("publish")
+            if isinstance(topic, str):
+                parts = topic.replace("{home}", home).split("/")
+                if len(parts) >= 3 and parts[0] == home and parts[-1] == "set" and "{" not in parts[1]:
+                    found.add(parts[1])
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+
+    walk(load(hub_config).data.get("rules", {}))
+    return sorted(found)
+
+
 def _cmd_credentials(args: argparse.Namespace) -> int:
-    creds = make_credentials(args.devices, args.out, args.home, args.hub)
+    hubs = [h.split("=", 1)[0] for h in args.hub]
+    drives = {h: (rule_targets(Path(c), args.home) if c else device_ids(args.devices))
+              for h, _, c in (x.partition("=") for x in args.hub)}
+    creds = make_credentials(args.devices, args.out, args.home, hubs, drives)
     print(f"{len(creds.nodes)} nodes, {len(creds.hubs)} hubs and {len(ROLE_USERS)} roles in {args.out}: "
           "credentials.json and mosquitto.passwd (mode 600), mosquitto.acl")
     print(f"run the broker with: fleet broker run --password-file {args.out}/mosquitto.passwd "

@@ -133,3 +133,19 @@ def test_cli_credentials_and_tls_init(tmp_path: Path) -> None:
                    capture_output=True)
     assert (tmp_path / "t" / "ca.crt").exists()
     assert stat.S_IMODE((tmp_path / "t" / "broker.key").stat().st_mode) == 0o600
+
+
+def test_hub_commands_only_the_nodes_its_rules_drive(tmp_path: Path) -> None:
+    devices = tmp_path / "devices"
+    devices.mkdir()
+    for dev in ("garage", "kitchen"):
+        (devices / f"{dev}.hjson").write_text("{}\n")
+    hub = Path(__file__).resolve().parent.parent / "examples" / "hub.hjson"  # a rule drives home/garage/light/set
+    subprocess.run([sys.executable, "-m", "fleet.cli", "broker", "credentials", "--devices", str(devices),
+                    "--out", str(tmp_path / "c"), "--hub", f"car={hub}", "--hub", "van"], check=True,
+                   capture_output=True)
+    acl = (tmp_path / "c" / "mosquitto.acl").read_text()
+    car = acl.split("user car\n")[1].split("\n\n")[0]
+    van = acl.split("user van\n")[1].split("\n\n")[0]
+    assert "topic write home/garage/+/set" in car and "home/kitchen/+/set" not in car
+    assert "topic write home/garage/+/set" in van and "topic write home/kitchen/+/set" in van
