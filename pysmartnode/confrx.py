@@ -150,8 +150,8 @@ class Receiver:
             await ex.ack(v, "refused", errors=errs)
             return
         if v == self.node.config_version:
-            rmtree(NEW)  # the same config again: nothing to apply
-            await ex.ack(v, "applied", failed=self.node.failed)
+            rmtree(NEW)  # the same config again (a redelivery, a second push): nothing to apply
+            await ex.ack_applied(v)
             return
         with open(NEW + "/_version", "w") as f:
             f.write(v)

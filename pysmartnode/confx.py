@@ -59,6 +59,7 @@ class Exchange:
         self.pending = False  # a request is wanted
         self.answered = False  # the current request got its answer (unchanged, or a whole set)
         self.rx = None  # confrx.Receiver, once a piece arrived
+        self.acked = None  # (version, state) of the last ack sent
 
     def recover(self):
         """At boot: finish or undo a swap that a reset interrupted, drop a half-received set."""
@@ -120,6 +121,7 @@ class Exchange:
         d = {"v": v, "state": state}
         d.update(kw)
         await self.node.publish(self.node.home + "/config/ack/" + self.node.id, json.dumps(d), False, 1)
+        self.acked = (v, state)
 
     async def after_boot(self):
         """Once connected after a boot: ack `applied` for a config that a restart just put in force."""
@@ -129,5 +131,11 @@ class Exchange:
         except OSError:
             return
         if self.node.source == CUR:
-            await self.ack(v, "applied", failed=self.node.failed)
+            await self.ack_applied(v)
             os.remove(CUR + "/_pending")
+
+    async def ack_applied(self, v):
+        """`applied` for the config in force, once per boot (a redelivered copy of it says nothing new)."""
+        if self.acked != (v, "applied"):
+            self.acked = (v, "applied")  # before the await: the router and the link task may both ask
+            await self.ack(v, "applied", failed=self.node.failed)

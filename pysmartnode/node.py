@@ -145,6 +145,8 @@ class Node:
         pre = self.prefix + "/"
         sim = self.home + "/_sim/" + self.id + "/"
         async for topic, msg, retained in self.client:
+            if self._stop.is_set():
+                break  # restarting: what is still queued (a second copy of a config …) waits for the next boot
             try:
                 b = self._batch
                 if b is not None and topic in b[0] and not b[2].is_set():
