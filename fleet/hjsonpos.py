@@ -77,6 +77,18 @@ class Document:
             for path, was, at in dups
         ]
 
+    def get(self, path: KeyPath) -> Any:
+        """The data at `path`, or None where the path leads nowhere."""
+        value = self.data
+        for step in path:
+            if isinstance(value, dict) and isinstance(step, str):
+                value = value.get(step)
+            elif isinstance(value, list) and isinstance(step, int) and -len(value) <= step < len(value):
+                value = value[step]
+            else:
+                return None
+        return value
+
     def key_pos(self, path: KeyPath) -> Position:
         """Where the key at `path` stands (for a list index: the item); KeyError if there is no such path."""
         return self._position(self._node(path)[0])

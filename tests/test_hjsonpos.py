@@ -477,3 +477,9 @@ def test_differences_from_hjson_py() -> None:
         loads('a: "\\u+04A"\nb: 1\n')
     # A byte order mark alone is an empty document; hjson-py reports a missing key name.
     assert loads("\ufeff").data == {}
+
+
+def test_get_follows_a_path_or_gives_none() -> None:
+    doc = loads("{\n  a: { b: [1, {c: 2}] }\n}\n")
+    assert doc.get(("a", "b", 1, "c")) == 2 and doc.get(("a", "b", 0)) == 1 and doc.get(()) == doc.data
+    assert doc.get(("a", "x")) is None and doc.get(("a", "b", 5)) is None and doc.get(("a", "b", "c")) is None

@@ -74,9 +74,7 @@ class CameraJob(Job):
 
     @classmethod
     def check(cls, doc: Document, path: KeyPath) -> list[ConfigIssue]:
-        section: Any = doc.data
-        for step in path:
-            section = section.get(step) if isinstance(section, dict) else None
+        section = doc.get(path)
         if section is None:
             return []  # no section: every default
         if not isinstance(section, dict):

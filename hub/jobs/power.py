@@ -77,9 +77,7 @@ class PowerJob(Job):
 
     @classmethod
     def check(cls, doc: Document, path: KeyPath) -> list[ConfigIssue]:
-        section: Any = doc.data
-        for step in path:
-            section = section[step]
+        section = doc.get(path)
         if not isinstance(section, dict):
             return [doc.issue(path, "the power section must be an object")]
         issues = []

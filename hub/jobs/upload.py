@@ -66,9 +66,7 @@ class UploadJob(Job):
 
     @classmethod
     def check(cls, doc: Document, path: KeyPath) -> list[ConfigIssue]:
-        section: Any = doc.data
-        for step in path:
-            section = section[step]
+        section = doc.get(path)
         if not isinstance(section, dict):
             return [doc.issue(path, "the upload section must be an object")]
         issues = [doc.issue((*path, k), f"unknown key{did_you_mean(k, KEYS)}") for k in section if k not in KEYS]

@@ -95,9 +95,7 @@ def watch_issue(name: Any) -> str | None:
 
 
 def check(doc: Document, path: tuple[str | int, ...]) -> list[ConfigIssue]:
-    section = doc.data
-    for step in path:
-        section = section[step]
+    section = doc.get(path)
     if not isinstance(section, dict):
         return [doc.issue(path, "must be an object with at least `port`")]
     issues: list[ConfigIssue] = []
