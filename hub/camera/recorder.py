@@ -31,6 +31,7 @@ from typing import Any
 
 from hub.camera import RecorderError, Settings
 from hub.camera.segments import TICKS, Segment, SegmentWriter
+from hub.children import end_child
 
 log = logging.getLogger("hub.camera.recorder")
 
@@ -200,12 +201,7 @@ class Recorder:
         if proc.stdin is not None and not proc.stdin.is_closing():  # not asked already
             await self.send("stop")
             proc.stdin.close()
-        try:
-            await asyncio.wait_for(proc.wait(), timeout)
-        except TimeoutError:
-            self.log.error("recorder %d did not stop within %.0f s: killed", proc.pid, timeout)
-            proc.kill()
-            await proc.wait()
+        await end_child(proc, timeout, self.log, "recorder")
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.returncode is None:

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from hub.children import end_child
 from hub.obd.link import LinkSettings
 
 STOP_TIMEOUT = 5.0
@@ -55,12 +56,7 @@ class Worker:
             return
         if proc.stdin is not None:
             proc.stdin.close()  # the worker's signal to close the adapter and end
-        try:
-            await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
-        except TimeoutError:
-            self.log.warning("adapter worker %d did not end within %.0f s: killed", proc.pid, STOP_TIMEOUT)
-            proc.kill()
-            await proc.wait()
+        await end_child(proc, STOP_TIMEOUT, self.log, "adapter worker")
         if self._stderr is not None:
             await self._stderr
         for future in self._pending.values():
