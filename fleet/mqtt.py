@@ -33,6 +33,8 @@ DEFAULT_URL = "mqtt://127.0.0.1:1883"
 
 # Brokers (host, port) known to refuse or accept MQTT 5, learnt by FleetClient._refuses_v5.
 _V5_REFUSED: dict[tuple[str, int], bool] = {}
+# CONNACK codes for bad credentials or no authorisation (3.1.1: 4, 5; MQTT 5: 134, 135).
+_AUTH_CODES = (4, 5, 134, 135)
 
 
 @dataclass(frozen=True)
@@ -174,12 +176,15 @@ class FleetClient:
             try:
                 await probe.__aenter__()
             except aiomqtt.MqttCodeError as exc:
-                return exc.rc not in (4, 5, 134, 135) and _V5_REFUSED.setdefault(key, True)
+                if exc.rc in _AUTH_CODES:
+                    return False  # refused for who we are, not for the protocol: learn nothing
+                _V5_REFUSED[key] = True
             except aiomqtt.MqttError:
-                return _V5_REFUSED.setdefault(key, True)
-            _V5_REFUSED[key] = False
-            with contextlib.suppress(aiomqtt.MqttError):
-                await probe.__aexit__(None, None, None)
+                _V5_REFUSED[key] = True
+            else:
+                _V5_REFUSED[key] = False
+                with contextlib.suppress(aiomqtt.MqttError):
+                    await probe.__aexit__(None, None, None)
         return _V5_REFUSED[key]
 
     async def __aenter__(self) -> FleetClient:
@@ -193,7 +198,7 @@ class FleetClient:
                 await client.__aenter__()
             except aiomqtt.MqttError as exc:
                 errors.append(f"MQTT {'5' if protocol == aiomqtt.ProtocolVersion.V5 else '3.1.1'}: {exc}")
-                if isinstance(exc, aiomqtt.MqttCodeError) and exc.rc in (4, 5, 134, 135):
+                if isinstance(exc, aiomqtt.MqttCodeError) and exc.rc in _AUTH_CODES:
                     break  # bad credentials or not authorised: the older protocol will not help
                 continue
             self._client, self.protocol = client, protocol
