@@ -170,7 +170,8 @@ class Library:
         found = []
         for path in sorted(top.rglob("*.py")):
             rel = path.relative_to(top).with_suffix("")
-            if not any(p.startswith("_") for p in rel.parts):
+            # manifest.py is MicroPython's freeze manifest of a folder, not a module a device can name
+            if path.name != "manifest.py" and not any(p.startswith("_") for p in rel.parts):
                 found.append("." + ".".join(rel.parts))
         return found
 
