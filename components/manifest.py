@@ -2,7 +2,7 @@
 # include("<repo>/components/manifest.py"), or one kind alone with include(".../components/sensors/manifest.py").
 metadata(description="SmartFleet node components: machine, sensors, devices", version="1.0.0")
 
-package("components", files=("__init__.py",), base_path="..")
+# components/__init__.py is frozen by machine/manifest.py, which every kind includes
 include("machine/manifest.py")
 include("sensors/manifest.py")
 include("devices/manifest.py")
