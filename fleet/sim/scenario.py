@@ -198,7 +198,7 @@ def _step(doc: Document, path: KeyPath, spec: Any, home: str, hub: str, issues: 
 def _condition(spec: Any, path: KeyPath, home: str, hub: str, problem: Any) -> Any:
     """An expectation in the hub rules' event syntax, compiled by the rules job's own compiler."""
     from hub import jobs
-    from hub.jobs.rules import _Compiler
+    from hub.jobs.rules import RuleCompiler
 
     def lookup(name: str) -> Any:
         try:
@@ -208,7 +208,7 @@ def _condition(spec: Any, path: KeyPath, home: str, hub: str, problem: Any) -> A
         except Exception as exc:  # a job whose module does not load here: its events cannot be named
             return f"did not load ({type(exc).__name__}: {exc})"
 
-    compiler = _Compiler(lookup, home, hub)
+    compiler = RuleCompiler(lookup, home, hub)
     condition = compiler.event(spec, path)
     for at, message in compiler.problems:
         problem(at, message)

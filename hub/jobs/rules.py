@@ -111,7 +111,7 @@ def compile_rules(section: Any, lookup: Lookup, home: str, hub_id: str
                   ) -> tuple[list[Rule], list[tuple[KeyPath, str]], dict[str, str]]:
     """The rules of the `rules` section, the problems found (key path in the section, message), and the
     rules left out because a job they use does not run (rule → why)."""
-    c = _Compiler(lookup, home, hub_id)
+    c = RuleCompiler(lookup, home, hub_id)
     rules: list[Rule] = []
     skipped: dict[str, str] = {}
     if not isinstance(section, dict):
@@ -128,7 +128,10 @@ def compile_rules(section: Any, lookup: Lookup, home: str, hub_id: str
     return rules, c.problems, skipped
 
 
-class _Compiler:
+class RuleCompiler:
+    """Compiles rule specs and their events, collecting problems instead of stopping at the first; public
+    because the simulator (fleet/sim/scenario.py) compiles its expectations in the same event syntax."""
+
     def __init__(self, lookup: Lookup, home: str, hub_id: str) -> None:
         self.lookup = lookup
         self.home = home
