@@ -1,12 +1,10 @@
 """Test helpers for the node runtime: the config exchange of docs/PROTOCOL.md section 4 seen from the
-server's side (minimal: the real config server lives in config_server/), an observer of a home's
+server's side (config_server.pieces makes the pieces), an observer of a home's
 topics, and a small component module for a node's filesystem."""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import subprocess
 import sys
@@ -16,11 +14,12 @@ from typing import Any
 
 import pytest
 
+from config_server import pieces as wire
+from config_server.devicefile import DeviceConfig
 from fleet.mqtt import BrokerSettings, FleetClient
 from fleet.upy import REPO
 from fleet.vnode import VirtualNode
 
-HEADER_ROOM = 120  # bytes kept for a piece's header line
 StartNode = Callable[..., Coroutine[Any, Any, VirtualNode]]
 
 
@@ -49,22 +48,14 @@ async def node_starter(tmp_path: Path, settings: BrokerSettings, nid: str) -> As
 
 def pieces(config: dict[str, Any], counter: int, max_len: int = 1024, settings: dict[str, Any] | None = None,
            key: bytes | None = None, device: str = "") -> tuple[str, list[bytes]]:
-    """The version and the pieces of `config` (loader format, with `_order`)."""
+    """The version and the pieces of `config` (loader format, with `_order`), made by the config server's
+    own wire code; signed with `key` (any key: a test forges with a wrong one) when given."""
     order = config["_order"]
-    bodies = [("_settings", json.dumps(settings or {}).encode()), ("_order", json.dumps(order).encode())]
-    bodies += [(name, json.dumps(config[name]).encode()) for name in order]
-    assembled = b"".join(b for _, b in bodies)
-    v = f"{counter}-{hashlib.sha256(assembled).hexdigest()[:8]}"
-    step = max_len - HEADER_ROOM
-    chunks = [(name, body[i:i + step]) for name, body in bodies for i in range(0, max(len(body), 1), step)]
-    out = []
-    for i, (name, chunk) in enumerate(chunks):
-        head: dict[str, Any] = {"v": v, "i": i, "n": len(chunks), "name": name}
-        if i == 0 and key:
-            mac = hmac.new(key, f"{device}\n{v}\n".encode() + assembled, hashlib.sha256).hexdigest()
-            head["sig"] = f"hmac-sha256:{mac}"
-        out.append(json.dumps(head).encode() + b"\n" + chunk)
-    return v, out
+    dc = DeviceConfig(device, device, None, settings or {}, order, {name: config[name] for name in order})
+    assembled = wire.assemble(dc)
+    v = wire.version(counter, assembled.hash8)
+    sig = wire.signature(key, device, v, assembled) if key else None
+    return v, wire.pieces(assembled, v, max_len, sig)
 
 
 class Observer:
@@ -136,6 +127,29 @@ class Observer:
         for p in ps:
             await self.publish(f"{self.client.settings.home}/{device}/config", p)
         return v
+
+
+# A device file (hjson) for the config server: one relay on pin 5. Tests edit it by text replacement,
+# and test_config_server_node asserts line:column positions in it: keep its lines where they are.
+ONE_RELAY_DEVICE = """
+# a virtual node with one relay (a test may add a second)
+{
+  name: Test node
+  platform: unix
+  settings: {interval: 5}
+  components: {
+    _order: ["lamp"]
+    lamp: {
+      package: .machine.relay
+      component: Relay
+      constructor_args: {
+        pin: 5
+        active_low: false
+      }
+    }
+  }
+}
+"""
 
 
 # A component module for a test node's filesystem (MicroPython): a relay, one that fails to construct,

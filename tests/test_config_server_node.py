@@ -15,26 +15,7 @@ from config_server.server import ConfigServer, ServerOptions
 from fleet import topics
 from fleet.mqtt import BrokerSettings, FleetClient
 from fleet.vnode import VirtualNode
-
-DEVICE = """
-# a virtual node with one relay, then two
-{
-  name: Test node
-  platform: unix
-  settings: {interval: 5}
-  components: {
-    _order: ["lamp"]
-    lamp: {
-      package: .machine.relay
-      component: Relay
-      constructor_args: {
-        pin: 5
-        active_low: false
-      }
-    }
-  }
-}
-"""
+from tests.nodeproto import ONE_RELAY_DEVICE as DEVICE
 
 FAN = """    fan: {
       package: .machine.relay

@@ -20,7 +20,7 @@ from fleet.hjsonpos import loads
 from fleet.mqtt import BrokerSettings, FleetClient
 from hub.jobs.obd import ObdJob
 from tests.elm import Emulator
-from tests.hubstub import StubHub
+from tests.hubstub import running_job
 
 HUB = "car"
 
@@ -47,14 +47,6 @@ async def background(coro: Coroutine[Any, Any, None], name: str) -> AsyncIterato
         assert task.done(), f"{name} did not stop within 15 s of being cancelled"
         if not task.cancelled():
             task.result()  # what it failed with
-
-
-@contextlib.asynccontextmanager
-async def running(settings: BrokerSettings, tmp_path: Path, config: dict[str, Any]) -> AsyncIterator[ObdJob]:
-    async with StubHub(settings, HUB, tmp_path) as hub:
-        job = ObdJob(hub, config)
-        async with background(job.run(), "test-obd-job"):  # as the service runs and stops a job
-            yield job
 
 
 class Listener:
@@ -108,7 +100,7 @@ def on(topic: str, payload: str | None = None) -> Callable[[str, bytes], bool]:
 async def test_rpm_and_speed_arrive_with_units(settings: BrokerSettings, tmp_path: Path, elm: Emulator) -> None:
     home = settings.home
     async with listening(settings, f"{home}/{HUB}/obd/#", f"homeassistant/sensor/{HUB}/#") as heard, \
-            running(settings, tmp_path, job_config(elm, watch={"RPM": 10, "SPEED": 10})):
+            running_job(settings, HUB, tmp_path, ObdJob, job_config(elm, watch={"RPM": 10, "SPEED": 10})):
         await heard.wait(on(f"{home}/{HUB}/obd/status", "connected"))
         _, raw, _ = await heard.wait(on(f"{home}/{HUB}/obd/RPM"))
         rpm = json.loads(raw)
@@ -147,7 +139,7 @@ async def test_api_verbs_over_mqtt(settings: BrokerSettings, tmp_path: Path, elm
     home = settings.home
     mine = f"{home}/tester/replies"
     async with listening(settings, f"{home}/{HUB}/obd/#", mine) as heard, \
-            running(settings, tmp_path, job_config(elm)) as job:
+            running_job(settings, HUB, tmp_path, ObdJob, job_config(elm)) as job:
         client = heard.client
         assert client.is_v5
         await heard.wait(on(f"{home}/{HUB}/obd/status", "connected"))
@@ -202,7 +194,7 @@ async def test_trouble_codes_published_when_they_change(settings: BrokerSettings
     dtc = f"{home}/{HUB}/obd/dtc"
     with Emulator(tmp_path / "elm", dtcs=("02", "0143", "0196")) as elm:
         async with listening(settings, f"{home}/{HUB}/obd/#") as heard, \
-                running(settings, tmp_path, job_config(elm, dtc_interval=0.3)):
+                running_job(settings, HUB, tmp_path, ObdJob, job_config(elm, dtc_interval=0.3)):
             _, raw, _ = await heard.wait(on(dtc))
             assert json.loads(raw) == [["P0143", "O2 Sensor Circuit Low Voltage"],
                                        ["P0196", "Engine Oil Temperature Sensor Range/Performance"]]
@@ -220,7 +212,7 @@ async def test_serial_port(settings: BrokerSettings, tmp_path: Path) -> None:
     with Emulator(tmp_path / "elm", pty=True) as elm:
         assert elm.url.startswith("/dev/")
         async with listening(settings, f"{home}/{HUB}/obd/#") as heard, \
-                running(settings, tmp_path, job_config(elm, watch={"RPM": 10})):
+                running_job(settings, HUB, tmp_path, ObdJob, job_config(elm, watch={"RPM": 10})):
             _, raw, _ = await heard.wait(on(f"{home}/{HUB}/obd/RPM"))
             assert json.loads(raw)["unit"] == "revolutions_per_minute"
 
@@ -229,7 +221,7 @@ async def test_adapter_gone_and_back(settings: BrokerSettings, tmp_path: Path, e
     home = settings.home
     status = f"{home}/{HUB}/obd/status"
     async with listening(settings, f"{home}/{HUB}/obd/#") as heard, \
-            running(settings, tmp_path, job_config(elm, watch={"RPM": 20})):
+            running_job(settings, HUB, tmp_path, ObdJob, job_config(elm, watch={"RPM": 20})):
         await heard.wait(on(f"{home}/{HUB}/obd/RPM"))
         elm.stop()
         await heard.wait(on(status, "disconnected"))
@@ -249,7 +241,7 @@ async def test_adapter_without_car_then_car(settings: BrokerSettings, tmp_path: 
     off = Emulator(tmp_path / "off", scenario="engineoff").start()
     try:
         async with listening(settings, f"{home}/{HUB}/obd/#") as heard, \
-                running(settings, tmp_path, job_config(off, watch={"RPM": 5})):
+                running_job(settings, HUB, tmp_path, ObdJob, job_config(off, watch={"RPM": 5})):
             await heard.wait(on(status, "no car"), timeout=30)
             assert heard.count(f"{home}/{HUB}/obd/RPM") == 0
             off.stop()
@@ -264,7 +256,7 @@ async def test_key_off_stops_polling(settings: BrokerSettings, tmp_path: Path, e
     home = settings.home
     rpm = f"{home}/{HUB}/obd/RPM"
     async with listening(settings, f"{home}/{HUB}/obd/#") as heard, \
-            running(settings, tmp_path, job_config(elm, watch={"RPM": 20})):
+            running_job(settings, HUB, tmp_path, ObdJob, job_config(elm, watch={"RPM": 20})):
         await heard.wait(on(rpm))
         await heard.client.publish(f"{home}/{HUB}/ignition", "OFF", qos=1, retain=True)
         await heard.wait(on(f"{home}/{HUB}/obd/status", "sleeping"))
@@ -283,7 +275,8 @@ async def test_low_battery_stops_polling(settings: BrokerSettings, tmp_path: Pat
     rpm = f"{home}/{HUB}/obd/RPM"
     # The emulator reports about 13 V: a 20 V threshold plays a flat battery.
     config = job_config(elm, watch={"RPM": 20}, low_voltage=20, voltage_interval=0.5)
-    async with listening(settings, f"{home}/{HUB}/obd/#") as heard, running(settings, tmp_path, config):
+    async with listening(settings, f"{home}/{HUB}/obd/#") as heard, \
+            running_job(settings, HUB, tmp_path, ObdJob, config):
         await heard.wait(on(f"{home}/{HUB}/obd/status", "low battery"))
         await asyncio.sleep(1.0)  # answers already on their way may still land
         before = heard.count(rpm)

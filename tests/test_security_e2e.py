@@ -31,27 +31,10 @@ from fleet.mqtt import BrokerSettings, FleetClient
 from fleet.security import ADMIN_USER, HA_USER, SERVER_USER, Credentials, make_credentials, make_tls
 from fleet.vnode import VirtualNode
 from tests.hub_helpers import running_hub
+from tests.nodeproto import ONE_RELAY_DEVICE as DEVICE
 from tests.nodeproto import Observer, make_fs, pieces, relay_config
 
 A, B, HUB = "node-a", "node-b", "car"
-
-DEVICE = """
-{
-  name: Lamp
-  platform: unix
-  components: {
-    _order: ["lamp"]
-    lamp: {
-      package: .machine.relay
-      component: Relay
-      constructor_args: {
-        pin: 5
-        active_low: false
-      }
-    }
-  }
-}
-"""
 
 HUB_CONFIG = """
 id: car
