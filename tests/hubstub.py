@@ -126,5 +126,9 @@ async def running_job(settings: BrokerSettings, hub_id: str, workdir: Path, job_
             yield job
         finally:
             task.cancel()
+            # A job must end soon after it is cancelled (the service stops jobs so at shutdown); one that
+            # swallows the cancellation (Python 3.11's wait_for can) fails here rather than hanging.
+            done, _ = await asyncio.wait({task}, timeout=15)
+            assert done, f"the {job_class.NAME} job did not stop within 15 s of being cancelled"
             with contextlib.suppress(asyncio.CancelledError):
                 await task
