@@ -1,17 +1,25 @@
-# The node's MQTT 3.1.1 client: asyncio streams, one link kept alive for the node's whole life.
+# The node's MQTT 3.1.1 client: asyncio, one link kept alive for the node's whole life.
 #
-# MicroPython first (ESP32, ESP8266, the unix port); it also imports under CPython so that the
-# packet code and topic matching can be unit-tested fast. On an ESP8266 it must be frozen or
-# precompiled (.mpy): compiling this source needs more heap than that chip has. Design notes:
+# MicroPython (ESP32, ESP8266, the unix port). Under CPython only the packet functions and topic
+# rules are used (fast unit tests); the client itself parks tasks the way MicroPython's asyncio does.
+# On an ESP8266 it must be frozen or precompiled (.mpy): compiling this source needs more heap than
+# that chip has. Design notes:
 # - Long-running tasks: the keeper (start() to close()) connects and, per connection, starts a
 #   reader and a ticker (acks timing out, keepalive pings, dead-link detection) that end with that
 #   link; it restores subscriptions, flushes what was queued while offline, runs on_connect, and
 #   reconnects with capped exponential backoff and jitter. Nothing the link does raises into callers.
-# - Packets are assembled in and read into buffers allocated once; a message leaves behind its
-#   topic string, its payload bytes and a few coroutine frames (bench/node_mqtt.py measures it).
-#   Incoming packets above `max_packet` are read and discarded in small chunks.
+# - A message allocates nothing beyond its payload: packets are assembled in and read into buffers
+#   allocated once and go straight to and from the socket; a received message is its topic string and
+#   payload bytes. Awaiting costs no coroutine frame either: publish() returns a preallocated
+#   awaitable (_TRUE, or an _Out record from a pool), `async for` takes messages through one _Next
+#   object, and reads wait through one _Reader; each ends with a preallocated StopIteration, as
+#   MicroPython's own asyncio.sleep_ms does. bench/node_mqtt.py measures it, tests/test_node_mqtt.py
+#   holds it. Only rare paths allocate: a packet split across TCP segments, a socket that takes
+#   only part of a packet, reconnects, and messages queued while offline.
+# - Incoming packets above `max_packet` are read and discarded in small chunks.
 # - Persistent session by default, so QoS 1 commands sent while the node was away still reach it.
 import asyncio
+from array import array
 from random import getrandbits
 
 try:
@@ -21,24 +29,10 @@ except ImportError:  # CPython, for the unit tests
         return x
 
 try:
+    from asyncio import core as _core, sleep_ms as _sleep_ms
     from time import ticks_add, ticks_diff, ticks_ms
-except ImportError:  # CPython
-    from time import monotonic
-
-    def ticks_ms():
-        return int(monotonic() * 1000)
-
-    def ticks_diff(a, b):
-        return a - b
-
-    def ticks_add(a, b):
-        return a + b
-
-try:
-    _sleep_ms = asyncio.sleep_ms
-except AttributeError:  # CPython
-    def _sleep_ms(ms):
-        return asyncio.sleep(ms / 1000)
+except ImportError:  # CPython: the client does not run there
+    pass
 
 # Packet types (first byte, flags included where they are fixed).
 _CONNACK = const(0x20)
@@ -54,11 +48,11 @@ _PINGRESP = const(0xD0)
 _PINGREQ = b"\xc0\x00"
 _DISCONNECT = b"\xe0\x00"
 
-_RBUF = const(256)  # incoming packets up to this size are read in one go into a preallocated buffer
+_RBUF = const(16)  # incoming packets other than PUBLISH (acks, 2 to 4 bytes) are read into this buffer
 _OBUF = const(256)  # outgoing PUBLISH packets up to this size are assembled and written in one go
 _SEEN = const(32)  # QoS 1 messages remembered, so a DUP redelivery of one already taken is dropped
 _RX1 = const(16)  # incoming QoS 1 messages held unacknowledged before the reader waits for the consumer
-_RX1_MAX = const(64)  # … and the most it ever holds (beyond queue_len's QoS 0 ones)
+_RX1_MAX = const(48)  # … and the most it ever holds (QoS 0 and 1 share max(queue_len, _RX1_MAX) places)
 _RX1_WAIT = const(1000)  # ms the reader waits for the consumer
 _RETRIES = const(2)  # resends (with DUP) of an unacknowledged QoS 1 PUBLISH before the link is called dead
 _STABLE_MS = const(30000)  # a link that lived this long resets the backoff
@@ -136,7 +130,7 @@ def check_topic(t, wildcards):
 
 def topic_matches(f, t):
     """MQTT filter matching: `+` one level, `#` the rest (its parent too); `$` topics need a literal start."""
-    if t[:1] == "$" and f[:1] in ("+", "#"):
+    if t.startswith("$") and (f.startswith("+") or f.startswith("#")):
         return False
     i = j = 0
     lf = len(f)
@@ -151,15 +145,17 @@ def topic_matches(f, t):
         elif j < lt and t[j] == c:
             j += 1
         else:
-            return j == lt and f[i:] == "/#"  # "a/#" matches "a"
+            return j == lt and i == lf - 2 and f.endswith("/#")  # "a/#" matches "a"
         i += 1
     return j == lt
 
 
 class _Ring:
-    # A fixed-size FIFO on a preallocated list (collections.deque is not in every port).
-    def __init__(self, size):
-        self._a = [None] * max(1, size)
+    # A fixed-size FIFO on preallocated storage, a list or an array (collections.deque is not in every
+    # port). A popped list slot is cleared, so the ring holds no reference to what left it.
+    def __init__(self, a):
+        self._a = a
+        self._blank = None if isinstance(a, list) else 0
         self._h = 0
         self.n = 0
 
@@ -189,10 +185,214 @@ class _Ring:
     def pop(self):
         a = self._a
         item = a[self._h]
-        a[self._h] = None
+        a[self._h] = self._blank
         self._h = (self._h + 1) % len(a)
         self.n -= 1
         return item
+
+    def clear(self):
+        while self.n:
+            self.pop()
+
+
+# --- awaiting without allocating -------------------------------------------------------------------
+# MicroPython awaits any object through __iter__/__next__: __next__ returning None suspends the task,
+# raising StopIteration(value) ends the await with that value. Each object below keeps its
+# StopIteration and resets its traceback before raising it, so an await allocates nothing. `send` lets
+# asyncio.create_task / wait_for / gather take them like coroutines; an exception thrown into the
+# awaiting task (a cancel) is raised in it by MicroPython itself where no `throw` is defined.
+
+def _park(ev):
+    """Suspend the running task until `ev.set()`: what asyncio.Event.wait does, without the generator
+    that call allocates. The caller's __next__ then returns None."""
+    t = _core.cur_task
+    ev.waiting.push(t)
+    t.data = ev.waiting  # so that cancelling the task takes it off the queue
+
+
+class _Aw:
+    """An awaitable that ends at once with `value`; the base of the others, which override __next__
+    and end the same way. _TRUE and _FALSE are what publish returns when the message went out, or
+    was queued, at once."""
+
+    def __init__(self, value=None):
+        self._stop = StopIteration(value)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        self._stop.__traceback__ = None
+        raise self._stop
+
+    def send(self, _):
+        return self.__next__()
+
+
+_TRUE = _Aw(True)
+_FALSE = _Aw(False)
+
+
+class _Reader(_Aw):
+    """Awaitable reads of the link's socket: `await r.read(m)` fills the receive buffer's first m bytes,
+    `await r.read(m, True)` reads m bytes into a new bytes object, left in r.got. Bytes the socket holds
+    are taken without waiting; otherwise the task waits on asyncio's poller, as Stream.readinto does
+    (whose coroutine allocates a frame per call). One per client; the reader task and the connect use
+    it, never at the same time."""
+
+    def __init__(self, buf):
+        super().__init__()
+        self.s = None  # the socket of the current link (MicroPython's Stream.s)
+        self.buf = buf
+        self.mv = memoryview(buf)
+        self.m = self.i = 0
+        self.got = None
+        self._bytes = False
+
+    def read(self, m, as_bytes=False):
+        self.m = m
+        self.i = 0
+        self.got = None
+        self._bytes = as_bytes
+        return self
+
+    def __next__(self):
+        s = self.s
+        if self._bytes:
+            got = self.got
+            part = s.read(self.m - len(got) if got else self.m)
+            if part is not None:
+                if not part:
+                    raise EOFError("closed by the broker")
+                self.got = got = part if got is None else got + part  # joined only when TCP split it
+            done = got is not None and len(got) == self.m
+        else:
+            i = self.i
+            if i < self.m:
+                # A view only when a packet arrived split (allocates): mostly it is read whole, at 0.
+                k = s.readinto(self.buf, self.m) if not i else s.readinto(self.mv[i:self.m])
+                if k is not None:  # None: nothing there yet (or a TLS record not complete)
+                    if not k:
+                        raise EOFError("closed by the broker")
+                    self.i = i = i + k
+            done = i >= self.m
+        if done:
+            _Aw.__next__(self)
+        _core._io_queue.queue_read(s)
+        return None
+
+
+class _Next(_Aw):
+    """What `async for` on the client awaits for each message: the next one from the inbox, or the
+    task waits until one arrives (or close()). The item is one list, [topic, msg, retained], refilled
+    for every message: unpack it (`async for topic, msg, retained in client`), do not keep it."""
+
+    def __init__(self, c):
+        self.c = c
+        self.item = [None, None, False]
+        super().__init__(self.item)
+
+    def __next__(self):
+        c = self.c
+        if c._in_n:
+            c._take(self.item)
+            _Aw.__next__(self)
+        if c._closed:
+            raise StopAsyncIteration
+        _park(c._rxev)
+        return None
+
+
+class _Out(_Aw):
+    """One packet on its way: a PUBLISH, or a SUBSCRIBE/UNSUBSCRIBE (its bytes in `msg`). Awaiting it
+    waits for the writer if another packet is still draining, writes the packet, and (QoS 1) waits
+    for its ack, resending with DUP when the ticker says it is overdue; it ends True when sent (QoS 1:
+    acknowledged), False when the link dropped (a PUBLISH with `requeue` then goes back to the head of
+    the offline queue, keeping its packet id). Records come from the client's pool and go back to it."""
+
+    def __init__(self, c):
+        self.c = c
+        self.ev = asyncio.Event()  # set by the reader (ack), the ticker (overdue) and a dropping link
+        self.nxt = None  # the pool's link
+        self.pooled = False
+        self.deadline = None  # while armed: when the ack is overdue; the reader takes acks only then
+        self.result = None  # the ack's return code
+
+    def start(self, kind, topic, msg, retain, qos, pid, dup, requeue):
+        self.kind = kind
+        self.topic = topic
+        self.msg = msg
+        self.retain = retain
+        self.qos = qos
+        self.pid = pid
+        self.dup = dup
+        self.requeue = requeue
+        self.gen = self.c._gen
+        self.tries = 0
+        self.sent = self.overdue = False
+        self.deadline = self.result = None
+        return self
+
+    def __next__(self):
+        c = self.c
+        while True:
+            if self.result is not None:
+                self._end(True)
+            if self.gen != c._gen or not c._up:
+                self._end(False)
+            if not self.sent:
+                if c._wbusy:  # the socket still drains another packet
+                    _park(c._wfree)
+                    return None
+                if self.kind == _PUBLISH:
+                    ok = c._put_publish(self.gen, self.topic, self.msg, self.qos, self.retain, self.dup, self.pid)
+                else:
+                    ok = c._write(self.gen, self.msg, len(self.msg))
+                if not ok:
+                    continue  # the link dropped
+                if not self.qos:
+                    self.result = 0
+                    continue
+                self.sent = True
+                self.overdue = False
+                self.deadline = ticks_add(ticks_ms(), c._ack_ms)
+            if not self.overdue:
+                _park(self.ev)
+                return None
+            if self.kind != _PUBLISH:
+                c._drop(self.gen, "no answer to %s %s" % (
+                    "SUBSCRIBE" if self.kind == _SUBSCRIBE else "UNSUBSCRIBE", self.topic))
+                self._end(False)
+            self.tries += 1
+            if self.tries > _RETRIES:
+                c._drop(self.gen, "no PUBACK for packet %d after %d tries" % (self.pid, self.tries))
+                self._end(False)
+            c._log("warning", "no PUBACK for packet %d on %s; resending" % (self.pid, self.topic.decode()))
+            self.dup = 1
+            self.sent = False
+
+    def _end(self, ok):
+        c = self.c
+        self.deadline = None
+        if ok:
+            if self.kind == _PUBLISH:
+                c.tx += 1
+            c._release(self)
+            _Aw.__next__(_TRUE)
+        if self.kind == _PUBLISH and self.requeue and not c._closing:
+            entry = (self.topic, self.msg, self.retain, self.qos, self.pid)
+            if not c._q.push_front(entry):
+                c._lost(entry)
+            elif self.pid:  # the record stays in _pending, reserving the id until the message is resent
+                _Aw.__next__(_FALSE)
+        c._release(self)
+        _Aw.__next__(_FALSE)
+
+    def throw(self, e, *_):
+        # The awaiting task was cancelled: the packet is abandoned, its id freed.
+        self.deadline = None
+        self.c._release(self)
+        raise e
 
 
 def _why(e):
@@ -239,40 +439,45 @@ class MQTTClient:
         self._backoff_min = int(backoff_min * 1000)
         self._backoff_max = int(backoff_max * 1000)
         self._rbuf = bytearray(_RBUF)
-        self._rmv = memoryview(self._rbuf)
-        self._mv2 = self._rmv[:2]  # every packet starts with at least 2 bytes
+        self._rx = _Reader(self._rbuf)
         self._obuf = bytearray(_OBUF)
-        self._omv = memoryview(self._obuf)
-        self._abuf = bytearray(4)  # PUBACK
-        self._q = _Ring(queue_len)  # outgoing while offline: (topic bytes, msg, retain, qos, pid)
-        # Incoming, for `async for`: (topic, msg, retained, pid, link). A QoS 1 message is acknowledged
+        self._abuf = bytearray(b"\x40\x02\x00\x00")  # PUBACK
+        self._q = _Ring([None] * max(1, queue_len))  # outgoing while offline: (topic bytes, msg, retain, qos, pid)
+        # Incoming, for `async for`, in parallel preallocated lists (a tuple per message would allocate):
+        # topic, payload, and packet id << 2 | QoS 1 << 1 | retained. A QoS 1 message is acknowledged
         # only when the consumer takes it, so the broker's in-flight window holds back a flood and no
         # accepted QoS 1 message is ever dropped here; QoS 0 beyond queue_len is dropped on arrival.
-        self._inbox = _Ring(queue_len + _RX1_MAX)
+        size = max(queue_len, _RX1_MAX)
+        self._in_t = [None] * size
+        self._in_m = [None] * size
+        self._in_f = array("I", bytes(4 * size))
+        self._in_h = 0  # head
+        self._in_n = 0  # count
         self._rx0 = 0  # QoS 0 messages in the inbox
         self._rx0_max = queue_len
-        self._seen = [0] * _SEEN  # keys (packet id + hash) of the last QoS 1 messages received
+        self._next = _Next(self)
+        self._seen = [0] * _SEEN  # keys (packet id + hash) of the last QoS 1 messages received (a list: `in`)
         self._seen_i = 0
-        self._rxev = asyncio.Event()
+        self._rxev = asyncio.Event()  # a message arrived (or close())
         self._ready = asyncio.Event()  # connected, subscriptions restored, queue flushed
         self._down = asyncio.Event()  # the current link is gone
-        self._wbusy = 0  # the link number while a task writes a packet on it
-        self._wfree = asyncio.Event()  # set when it is done
-        self._recs = []  # ack records for reuse
+        # The link number while the socket drains a packet it took only in part; nobody else writes then.
+        self._wbusy = 0
+        self._wfree = asyncio.Event()  # set when that drain is done
+        self._acks = _Ring(array("H", bytes(2 * (_RX1_MAX + 8))))  # PUBACKs that wait for that drain
+        self._free = None  # the pool of _Out records (a linked list: no allocation to take or return one)
         self._subs = {}  # filter -> qos: what we want
         self._confirmed = set()  # filters the broker acknowledged in the session it holds for us
         self._unsub_todo = set()  # unsubscribed while offline, still in the broker's session
-        self._pending = {}  # packet id -> [Event, result, deadline]: awaited acks, ids of requeued messages
+        self._pending = {}  # packet id -> _Out: awaited acks, ids of requeued messages
         self._pid = 0
         self._gen = 0  # counts connections, so a stale task cannot drop a newer link
         self._up = False
         self._flushing = False
         self._closing = False
         self._closed = False
-        self._r = self._w = None
-        self._rinto = False
-        self._sock = None
-        self._task = self._rtask = self._ptask = None  # keeper, reader, ticker
+        self._w = None
+        self._task = self._rtask = self._ptask = self._dtask = None  # keeper, reader, ticker, drain
         self._last_rx = self._last_tx = self._last_ping = 0
         self._ever = False
         self._qdrops = 0
@@ -292,9 +497,9 @@ class MQTTClient:
     def start(self):
         if self._task is None:
             self._closing = self._closed = False
-            # The "mqtt-keeper" task (MicroPython's create_task takes no name): started here, once;
-            # connects, reconnects and restores the session until close() cancels it.
-            self._task = _named(self._keep(), "mqtt-keeper")
+            # The "mqtt-keeper" task: started here, once; connects, reconnects and restores the
+            # session until close() cancels it.
+            self._task = asyncio.create_task(self._keep())
         return self._task
 
     def isconnected(self):
@@ -318,13 +523,15 @@ class MQTTClient:
                 "rx_dropped": self.rx_dropped, "redelivered": self.redelivered, "queued": self._q.n,
                 "last_connect_ms": self.last_connect_ms}
 
-    async def publish(self, topic, msg, retain=False, qos=0):
-        """Send now (QoS 1: until PUBACK) or queue while offline. True when sent, False when queued."""
+    def publish(self, topic, msg, retain=False, qos=0):
+        """Send now (QoS 1: until PUBACK) or queue while offline; await the result: True when sent,
+        False when queued. A QoS 0 message the socket takes at once is written before this returns,
+        and the await neither allocates nor yields (as CPython's StreamWriter.write does not)."""
         if qos == 2:
             self._log("error", "QoS 2 is not supported: message on %s not sent" % topic)
-            return False
+            return _FALSE
         if isinstance(topic, str):
-            topic = topic.encode()
+            topic = topic.encode()  # shares the str's data: a 32-byte header (x64); bytes cost nothing
         if not topic or b"+" in topic or b"#" in topic:
             raise ValueError("invalid topic name %r" % topic)
         if isinstance(msg, str):
@@ -333,11 +540,11 @@ class MQTTClient:
         qos = 1 if qos else 0
         if not self._up or self._flushing or self._q.n:
             self._enqueue((topic, msg, retain, qos, 0))
-            return False
-        if not qos and await self._send(self._gen, _PUBLISH, topic, msg, 0, retain):
-            self.tx += 1  # the QoS 0 fast path: one coroutine frame less per message
-            return True
-        return await self._publish_now(topic, msg, retain, qos, 0, True)
+            return _FALSE
+        if not qos and not self._wbusy and self._put_publish(self._gen, topic, msg, 0, retain, 0, 0):
+            self.tx += 1
+            return _TRUE
+        return self._publish_now(topic, msg, retain, qos, 0, True)
 
     async def subscribe(self, topic, qos=1):
         """Subscribe now and after every reconnect. False when the broker refused or the link is down."""
@@ -353,7 +560,7 @@ class MQTTClient:
         self._confirmed.discard(topic)
         self._unsub_todo.discard(topic)
         if self._up:
-            return await self._request(self._gen, _SUBSCRIBE, topic, qos)
+            return await self._request(_SUBSCRIBE, topic, qos)
         return False
 
     async def unsubscribe(self, topic):
@@ -363,24 +570,14 @@ class MQTTClient:
         self._confirmed.discard(topic)
         self._unsub_todo.add(topic)  # until the broker acknowledges it
         if self._up:
-            return await self._request(self._gen, _UNSUBSCRIBE, topic, 0)
+            return await self._request(_UNSUBSCRIBE, topic, 0)
         return False
 
     def __aiter__(self):
         return self
 
-    async def __anext__(self):
-        while not self._inbox.n:
-            if self._closed:
-                raise StopAsyncIteration
-            self._rxev.clear()
-            await self._rxev.wait()
-        topic, msg, retained, pid, gen = self._inbox.pop()
-        if not pid:
-            self._rx0 -= 1
-        elif gen == self._gen:  # on a newer link the broker resends it (DUP) and that copy is acked
-            await self._send(gen, _PUBACK, None, pid=pid)
-        return topic, msg, retained
+    def __anext__(self):
+        return self._next
 
     async def close(self):
         """Say `offline` (with a will), disconnect cleanly and stop every task of the client."""
@@ -389,7 +586,9 @@ class MQTTClient:
         if self._up:
             if self._will:
                 await self._publish_now(self._will[0], b"offline", 1, 1, 0, False)
-            await self._send(gen, 0, _DISCONNECT)
+            await self._wait_writer()
+            if self._write(gen, _DISCONNECT, 2):
+                await self._wait_writer()
         self._up = False
         if self._q.n:
             self._log("warning", "closed with %d messages still queued" % self._q.n)
@@ -434,15 +633,15 @@ class MQTTClient:
             self.server, self.port, self.last_connect_ms, "session resumed" if session else "new session"))
         gen = self._gen
         # The "mqtt-reader" task: started here after each CONNACK; ends when this link drops.
-        self._rtask = _named(self._read_loop(gen), "mqtt-reader")
+        self._rtask = asyncio.create_task(self._read_loop(gen))
         # The "mqtt-ticker" task: started here after each CONNACK; ends when this link drops.
-        self._ptask = _named(self._tick_loop(gen), "mqtt-ticker")
+        self._ptask = asyncio.create_task(self._tick_loop(gen))
         if await self._resume(gen, session):
             self._ready.set()
             if self._on_connect:
                 # The "mqtt-on-connect" task: started after each (re)connect; ends when the
                 # callback returns. A task, so a slow callback never delays noticing a dead link.
-                _named(self._run_on_connect(), "mqtt-on-connect")
+                asyncio.create_task(self._run_on_connect())
         await self._down.wait()
         self._teardown()
         if ticks_diff(ticks_ms(), up_at) >= _STABLE_MS:
@@ -457,7 +656,8 @@ class MQTTClient:
         self._down.clear()
         kw = {}
         if self._tls is not None:
-            kw["ssl"] = self._ssl_context()
+            from pysmartnode.mqtt_tls import context  # only TLS nodes hold its code
+            kw["ssl"] = context(self._tls, None if self._ever else self._log)
             kw["server_hostname"] = self._tls.get("server_hostname") or self.server
         r, w = await asyncio.wait_for(asyncio.open_connection(self.server, self.port, **kw), self._conn_s)
         _nodelay(w)
@@ -465,18 +665,15 @@ class MQTTClient:
             w.write(connect_packet(self.client_id, self._keepalive, self._clean, self._will,
                                    self._user, self._password))
             await w.drain()
-            self._r = r
-            self._rinto = hasattr(r, "readinto")
-            self._sock = getattr(r, "s", None)  # MicroPython's Stream: the non-blocking socket under it
+            self._rx.s = w.s  # the non-blocking socket (or TLS socket) under the stream
             b = self._rbuf
-            await asyncio.wait_for(self._fill(self._rmv[:4]), self._conn_s)
+            await asyncio.wait_for(self._rx.read(4), self._conn_s)
             if b[0] != _CONNACK or b[1] != 2:
                 raise ValueError("expected CONNACK, got packet type 0x%02x" % b[0])
             if b[3]:
                 rc = b[3]
                 raise OSError("broker refused: %s" % (_REFUSED[rc] if rc < len(_REFUSED) else rc))
         except BaseException:
-            self._r = None
             _close(w)
             raise
         self._w = w
@@ -496,10 +693,10 @@ class MQTTClient:
                     self._seen[i] = 0
                 self._unsub_todo.clear()
             for f in list(self._unsub_todo):
-                if not await self._request(gen, _UNSUBSCRIBE, f, 0):
+                if not await self._request(_UNSUBSCRIBE, f, 0):
                     return False
             for f, qos in list(self._subs.items()):
-                if f not in self._confirmed and not await self._request(gen, _SUBSCRIBE, f, qos):
+                if f not in self._confirmed and not await self._request(_SUBSCRIBE, f, qos):
                     return False
             if self._qdrops:
                 self._log("warning", "the offline queue dropped %d oldest messages" % self._qdrops)
@@ -534,46 +731,28 @@ class MQTTClient:
         self._ready.clear()
         if not self._closing:
             self._log(level, "connection lost: %s" % why)
-        for rec in self._pending.values():
-            rec[0].set()
+        p = self._pending
+        for pid in p:
+            p[pid].ev.set()
         self._down.set()
 
     def _teardown(self):
-        for t in (self._rtask, self._ptask):
+        # Before the socket closes: a task still waiting on it would keep asyncio's poller busy.
+        for t in (self._rtask, self._ptask, self._dtask):
             if t is not None:
                 t.cancel()
-        self._rtask = self._ptask = None
-        w, self._w, self._r = self._w, None, None
+        self._rtask = self._ptask = self._dtask = None
+        w, self._w = self._w, None
         if w is not None:
             _close(w)
-        # A writer still stuck on the old link (its drain times out) no longer holds the writer.
         self._wbusy = 0
+        self._acks.clear()
         self._wfree.set()
-
-    def _ssl_context(self):
-        import ssl
-        t = self._tls
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        if not hasattr(ssl, "CERT_NONE"):
-            # ESP8266: its TLS (axTLS) has no certificate checks at all; encrypted, but the broker unverified.
-            if not self._ever:
-                self._log("warning", "TLS without certificate verification: this board's TLS cannot verify the broker")
-        elif t.get("verify", True):
-            ctx.verify_mode = ssl.CERT_REQUIRED
-            if t.get("ca"):
-                ctx.load_verify_locations(cadata=_der(t["ca"]))
-            elif hasattr(ctx, "load_default_certs"):
-                ctx.load_default_certs()
-        else:
-            if hasattr(ctx, "check_hostname"):
-                ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        if t.get("cert"):
-            if hasattr(ctx, "load_default_certs"):  # CPython takes file paths
-                ctx.load_cert_chain(t["cert"], t.get("key"))
-            else:  # MicroPython's mbedtls takes the data, as DER
-                ctx.load_cert_chain(_der(t["cert"]), _der(t["key"]))
-        return ctx
+        # QoS 1 messages still in the inbox came on this link and can be acknowledged on no other: the
+        # broker resends them on the next, where that copy is acknowledged (and not delivered twice).
+        f = self._in_f
+        for j in range(len(f)):
+            f[j] &= 3
 
     # --- sending --------------------------------------------------------------------------------
 
@@ -583,10 +762,12 @@ class MQTTClient:
             self._lost(old)
 
     def _lost(self, entry):
+        """A queued message dropped: counted, and the packet id it held freed."""
         self.dropped += 1
         self._qdrops += 1
-        if entry[4]:
-            self._pending.pop(entry[4], None)
+        out = self._pending.get(entry[4]) if entry[4] else None
+        if out is not None:
+            self._release(out)
 
     def _newpid(self):
         pid = self._pid
@@ -596,55 +777,85 @@ class MQTTClient:
                 self._pid = pid
                 return pid
 
+    def _out(self):
+        out = self._free
+        if out is None:
+            return _Out(self)
+        self._free = out.nxt
+        out.pooled = False
+        return out
+
+    def _release(self, out):
+        """Done with `out` for good: its packet id (if it still holds one) is freed, the record pooled."""
+        if out.pid and self._pending.get(out.pid) is out:
+            del self._pending[out.pid]
+        if not out.pooled:
+            out.pooled = True
+            out.topic = out.msg = None
+            out.nxt = self._free
+            self._free = out
+
     async def _wait_writer(self):
         while self._wbusy:
             self._wfree.clear()
             await self._wfree.wait()
 
-    async def _send(self, gen, kind, data, msg=None, qos=0, retain=0, dup=0, pid=0):
-        """Write one packet on link `gen`: a PUBLISH of topic `data`, a PUBACK of `pid`, or the
-        whole packet `data`. False when the link is gone; never raises for link loss. One coroutine
-        for all, and the packing in plain functions: each coroutine call costs a heap-allocated frame."""
-        if self._wbusy:
-            await self._wait_writer()
+    def _write(self, gen, buf, n):
+        """Hand buf[:n] to link `gen` now (MicroPython's Stream.write, minus the view it would need
+        of buf[:n]). False when the link is gone. Only while the writer is free, or right after a
+        write of the same packet: what the socket does not take waits in the stream's buffer, and
+        the drain task writes it out holding the writer."""
         w = self._w
         if gen != self._gen or not self._up or w is None:
             return False
-        # A flag and an Event rather than asyncio.Lock (which allocates ~400 bytes per use). The
-        # packet is packed into the shared buffers only once the writer is ours. The flag holds the
-        # link number, so a writer left on a dead link cannot release the writer of the next one.
-        self._wbusy = gen
         try:
-            if kind == _PUBLISH:
-                self._put_publish(w, data, msg, qos, retain, dup, pid)
-            elif kind == _PUBACK:
-                a = self._abuf
-                a[0] = _PUBACK
-                a[1] = 2
-                a[2] = pid >> 8
-                a[3] = pid & 0xFF
-                w.write(a)
+            if w.out_buf:  # an earlier part of this packet waits: this part goes after it
+                w.out_buf += memoryview(buf)[:n]
             else:
-                w.write(data)
-            if getattr(w, "out_buf", b"?"):  # CPython always drains; MicroPython when the socket took less
-                # With a timeout: a dead link may never drain, and MicroPython does not wake a task
-                # waiting on a socket that another task stopped waiting on.
-                await asyncio.wait_for(w.drain(), self._ack_ms / 1000)
-            else:
-                await _sleep_ms(0)  # drain would yield here too: other tasks get their turn
-        except Exception as e:  # OSError on MicroPython, ConnectionError on CPython
+                k = self._rx.s.write(buf, n)
+                if k != n:  # the socket's send buffer is full (None: a TLS record must be retried whole)
+                    w.out_buf = bytes(memoryview(buf)[k or 0:n])
+                    self._wbusy = gen
+                    # The "mqtt-drain" task: started here when the socket took only part of a packet;
+                    # ends once the rest is written (or the link drops), freeing the writer.
+                    self._dtask = asyncio.create_task(self._drain(gen))
+        except Exception as e:  # OSError
             self._drop(gen, "write failed: %s" % _why(e))
             return False
-        finally:
-            if self._wbusy == gen:
-                self._wbusy = 0
-                self._wfree.set()
         self._last_tx = ticks_ms()
         return True
 
-    def _put_publish(self, w, topic, msg, qos, retain, dup, pid):
+    async def _drain(self, gen):
+        try:
+            # With a timeout: a dead link may never drain, and MicroPython does not wake a task
+            # waiting on a socket that another task stopped waiting on.
+            await asyncio.wait_for(self._w.drain(), self._ack_ms / 1000)
+        except Exception as e:  # OSError, the timeout, or a link torn down meanwhile
+            self._drop(gen, "write failed: %s" % _why(e))
+        if self._wbusy != gen:
+            return  # torn down meanwhile: the writer is free already
+        self._wbusy = 0
+        self._dtask = None
+        while self._acks.n and not self._wbusy:  # the PUBACKs that waited, in order
+            self._ack(gen, self._acks.pop())
+        if not self._wbusy:
+            self._wfree.set()
+
+    def _ack(self, gen, pid):
+        """PUBACK `pid` on link `gen`: now, or after the packet that is draining (acks keep their order)."""
+        if gen != self._gen:
+            return  # the broker resends it on the new link, and that copy is acknowledged
+        if self._wbusy:
+            self._acks.push(pid)
+            return
+        a = self._abuf
+        a[2] = pid >> 8
+        a[3] = pid & 0xFF
+        self._write(gen, a, 4)
+
+    def _put_publish(self, gen, topic, msg, qos, retain, dup, pid):
+        """Write one PUBLISH on link `gen`, the writer being free; False when the link is gone."""
         o = self._obuf
-        mv = self._omv
         tl = len(topic)
         ml = len(msg)
         o[0] = _PUBLISH | dup << 3 | qos << 1 | retain
@@ -653,107 +864,52 @@ class MQTTClient:
         o[i + 1] = tl & 0xFF
         end = i + 2 + tl + (2 if qos else 0)
         if end > _OBUF:  # a very long topic: written piece by piece
-            w.write(mv[:i + 2])
-            w.write(topic)
+            if not self._write(gen, o, i + 2) or not self._write(gen, topic, tl):
+                return False
             if qos:
                 o[0] = pid >> 8
                 o[1] = pid & 0xFF
-                w.write(mv[:2])
-            w.write(msg)
-            return
+                if not self._write(gen, o, 2):
+                    return False
+            return self._write(gen, msg, ml)
         o[i + 2:i + 2 + tl] = topic
         if qos:
             o[end - 2] = pid >> 8
             o[end - 1] = pid & 0xFF
         if end + ml <= _OBUF:  # the whole packet in one write
             o[end:end + ml] = msg
-            w.write(mv[:end + ml])
-        else:
-            w.write(mv[:end])
-            w.write(msg)
+            return self._write(gen, o, end + ml)
+        return self._write(gen, o, end) and self._write(gen, msg, ml)
 
-    async def _publish_now(self, topic, msg, retain, qos, pid, requeue):
-        """Send one message; QoS 1 waits for PUBACK, resending with DUP. On link loss the message goes
-        back to the head of the queue (when `requeue`) and False is returned."""
-        gen = self._gen
-        if not qos:
-            if await self._send(gen, _PUBLISH, topic, msg, 0, retain):
-                self.tx += 1
-                return True
-        else:
-            dup = 1 if pid else 0  # a requeued message keeps its packet id and goes out as a duplicate
-            if not pid:
+    def _publish_now(self, topic, msg, retain, qos, pid, requeue):
+        """An _Out for one message (see there). A requeued message keeps its packet id and record."""
+        out = None
+        dup = 0
+        if qos:
+            if pid:
+                dup = 1  # it may have gone out before the link dropped
+                out = self._pending.get(pid)
+            else:
                 pid = self._newpid()
-            rec = self._pending.get(pid)
-            if rec is None:
-                rec = self._pending[pid] = self._rec()
-            tries = 0
-            while gen == self._gen and self._up:
-                self._arm(rec)
-                if not await self._send(gen, _PUBLISH, topic, msg, 1, retain, dup, pid):
-                    break
-                if await self._wait_ack(rec):
-                    self.tx += 1
-                    self._recs.append(rec)  # the reader took it out of _pending
-                    return True
-                if gen != self._gen or not self._up:
-                    break
-                tries += 1
-                if tries > _RETRIES:
-                    self._drop(gen, "no PUBACK for packet %d after %d tries" % (pid, tries))
-                    break
-                self._log("warning", "no PUBACK for packet %d on %s; resending" % (pid, topic.decode()))
-                dup = 1
-            rec[2] = None  # nobody waits: a late PUBACK must not free the id of the requeued message
-        if requeue and not self._closing:
-            entry = (topic, msg, retain, qos, pid)
-            if not self._q.push_front(entry):
-                self._lost(entry)
-        elif pid:
-            self._pending.pop(pid, None)
-        return False
+        if out is None:
+            out = self._out()
+        out.start(_PUBLISH, topic, msg, retain, qos, pid, dup, requeue)
+        if qos:
+            self._pending[pid] = out
+        return out
 
-    def _rec(self):
-        """An ack record [Event, result]: reused, because an Event per QoS 1 message adds up."""
-        if self._recs:
-            return self._recs.pop()
-        return [asyncio.Event(), None, None]  # event, result, deadline
-
-    def _arm(self, rec):
-        """Before sending: the reader takes acks only for armed records, the ticker times them out."""
-        rec[0].clear()
-        rec[1] = None
-        rec[2] = ticks_add(ticks_ms(), self._ack_ms)
-
-    async def _wait_ack(self, rec):
-        """Wait for the ack of an armed `rec` (or the ticker's timeout, or link loss); True when it came."""
-        if rec[1] is None:
-            await rec[0].wait()
-        rec[2] = None
-        return rec[1] is not None
-
-    async def _request(self, gen, kind, topic_filter, qos):
+    async def _request(self, kind, topic_filter, qos):
         """SUBSCRIBE or UNSUBSCRIBE one filter and wait for its ack. False on refusal or link loss."""
         pid = self._newpid()
-        rec = self._pending[pid] = self._rec()
-        self._arm(rec)
-        if kind == _SUBSCRIBE:
-            pkt = subscribe_packet(pid, topic_filter, qos)
-        else:
-            pkt = unsubscribe_packet(pid, topic_filter)
-        ok = await self._send(gen, 0, pkt) and await self._wait_ack(rec)
-        rec[2] = None
-        self._pending.pop(pid, None)
-        self._recs.append(rec)
-        if not ok:
-            if gen == self._gen and self._up:
-                self._drop(gen, "no answer to %s %s" % ("SUBSCRIBE" if kind == _SUBSCRIBE else "UNSUBSCRIBE",
-                                                         topic_filter))
+        pkt = subscribe_packet(pid, topic_filter, qos) if kind == _SUBSCRIBE else unsubscribe_packet(pid, topic_filter)
+        out = self._pending[pid] = self._out().start(kind, topic_filter, pkt, 0, 1, pid, 0, False)
+        if not await out:
             return False
+        code = out.result  # read before anything can take the record from the pool again
         if kind == _UNSUBSCRIBE:
             self._unsub_todo.discard(topic_filter)
             return True
-        if rec[1] == 0x80:
+        if code == 0x80:
             self._log("error", "the broker refused the subscription to %s" % topic_filter)
             self._subs.pop(topic_filter, None)
             return False
@@ -763,69 +919,43 @@ class MQTTClient:
 
     # --- receiving ------------------------------------------------------------------------------
 
-    async def _fill(self, mv):
-        """Read exactly len(mv) bytes into mv."""
-        r = self._r
-        if not self._rinto:  # CPython's StreamReader has no readinto
-            mv[:] = await r.readexactly(len(mv))
-            return
-        n = 0
-        size = len(mv)
-        while n < size:
-            k = await r.readinto(mv[n:] if n else mv)
-            if k is None:  # TLS: a record is not complete yet
-                continue
-            if not k:
-                raise EOFError("closed by the broker")
-            n += k
-
     async def _tick_loop(self, gen):
-        # Ends ack waits that ran out of time (cheaper than asyncio.wait_for per QoS 1 message) and
-        # keeps the link alive: pings go out after keepalive/2 without traffic, and a broker silent
-        # for a whole keepalive is a dead link. Checked every <= keepalive/4, so a dead link is found
-        # at most 1.25 x keepalive after the broker's last byte.
+        # Marks overdue acks (cheaper than asyncio.wait_for per QoS 1 message) and keeps the link
+        # alive: pings go out after keepalive/2 without traffic, and a broker silent for a whole
+        # keepalive is a dead link. Checked every <= keepalive/4, so a dead link is found at most
+        # 1.25 x keepalive after the broker's last byte.
         k = self._keepalive * 1000
         half = k // 2
         step = min(max(self._ack_ms // 4, 100), max(k // 4, 100) if k else 5000, 5000)
+        p = self._pending
         while gen == self._gen and self._up:
             await _sleep_ms(step)
             now = ticks_ms()
-            for rec in self._pending.values():
-                if rec[2] is not None and ticks_diff(now, rec[2]) >= 0:
-                    rec[0].set()  # no result: the waiter resends or gives up
+            for pid in p:
+                out = p[pid]
+                if out.deadline is not None and ticks_diff(now, out.deadline) >= 0:
+                    out.deadline = None
+                    out.overdue = True
+                    out.ev.set()
             if not k:
                 continue
             idle = ticks_diff(now, self._last_rx)
             if idle > k:
                 self._drop(gen, "no answer from the broker for %d ms: dead link" % idle)
                 return
-            if ticks_diff(now, self._last_ping) >= half and (
+            if ticks_diff(now, self._last_ping) >= half and not self._wbusy and (
                     idle >= half or ticks_diff(now, self._last_tx) >= half):
                 self._last_ping = now
-                await self._send(gen, 0, _PINGREQ)
-
-    def _take(self, mv):
-        """Read into mv what the socket holds already, without waiting (and without the stream's
-        coroutine, a heap-allocated frame per call). Returns the count, 0 when nothing is there."""
-        s = self._sock
-        if s is None:
-            return 0
-        k = s.readinto(mv)
-        if k is None:  # nothing yet (or a partial TLS record)
-            return 0
-        if not k:
-            raise EOFError("closed by the broker")
-        return k
+                self._write(gen, _PINGREQ, 2)
 
     async def _read_loop(self, gen):
-        # One loop for every packet (a coroutine per packet would allocate a frame per packet).
+        # One loop for every packet, reading through the _Reader (a coroutine per packet would
+        # allocate a frame per packet): a message costs its topic and payload, nothing more.
         b = self._rbuf
-        mv = self._rmv
+        rx = self._rx
         try:
             while gen == self._gen:
-                k = self._take(self._mv2)
-                if k < 2:
-                    await self._fill(mv[k:2])
+                await rx.read(2)
                 kind = b[0]
                 d = b[1]
                 n = d & 0x7F
@@ -833,27 +963,64 @@ class MQTTClient:
                 while d & 0x80:
                     if shift > 21:
                         raise ValueError("remaining length longer than 4 bytes")
-                    await self._fill(mv[:1])
+                    await rx.read(1)
                     d = b[0]
                     n += (d & 0x7F) << shift
                     shift += 7
                 self._last_rx = ticks_ms()
                 if kind & 0xF0 == _PUBLISH:
-                    await self._read_publish(gen, kind, n)
+                    qos = kind >> 1 & 3
+                    if qos == 3:
+                        raise ValueError("PUBLISH with QoS 3")
+                    if n < 3:
+                        raise ValueError("PUBLISH of %d bytes" % n)
+                    if n > self._max:
+                        await self._skip(gen, qos, n)
+                        continue
+                    pl = 2 if qos else 0
+                    await rx.read(2)
+                    tl = b[0] << 8 | b[1]
+                    if not tl or 2 + tl + pl > n:
+                        raise ValueError("PUBLISH topic of %d bytes in a packet of %d" % (tl, n))
+                    await rx.read(tl, True)
+                    topic = str(rx.got, "utf-8")  # shares the bytes' data: no copy
+                    pid = 0
+                    if qos:
+                        await rx.read(2)
+                        pid = b[0] << 8 | b[1]
+                    msg = b""
+                    if n > 2 + tl + pl:
+                        await rx.read(n - 2 - tl - pl, True)
+                        msg = rx.got
+                    rx.got = None
+                    if "+" in topic or "#" in topic:
+                        raise ValueError("PUBLISH to a wildcard topic %s" % topic)
+                    if qos == 2:
+                        self.skipped += 1
+                        self._log("error", "refused a QoS 2 message on %s: QoS 2 is not supported" % topic)
+                        continue
+                    if qos and not await self._admit(gen, kind, topic, msg, pid):
+                        continue
+                    if not self._deliver(topic, msg, kind & 1, pid) and qos:
+                        self._ack(gen, pid)  # not for us: acknowledge and forget
+                    # Let the consumer (and every other task) run before the next message: the socket
+                    # may hold many, and reading them all at once would overflow the incoming queue.
+                    await _sleep_ms(0)
                     continue
                 if n > _RBUF:
                     raise ValueError("packet type 0x%02x of %d bytes" % (kind, n))
                 if n:
-                    await self._fill(mv[:n])
+                    await rx.read(n)
                 if kind == _PUBACK or kind == _UNSUBACK or kind == _SUBACK:
                     if n != 2 and not (kind == _SUBACK and n == 3):
                         raise ValueError("ack type 0x%02x of %d bytes" % (kind, n))
-                    rec = self._pending.get(b[0] << 8 | b[1])
-                    if rec is not None and rec[1] is None and rec[2] is not None:
-                        rec[1] = b[2] if kind == _SUBACK else 0
-                        rec[0].set()
-                        if kind == _PUBACK:
-                            self._pending.pop(b[0] << 8 | b[1])
+                    pid = b[0] << 8 | b[1]
+                    out = self._pending.get(pid)
+                    if out is not None and out.deadline is not None:  # armed: somebody waits for it
+                        out.result = b[2] if kind == _SUBACK else 0
+                        out.deadline = None
+                        del self._pending[pid]
+                        out.ev.set()
                 elif kind == _PINGRESP and not n:
                     pass
                 elif _PUBREC <= kind & 0xF0 <= _PUBCOMP:
@@ -866,113 +1033,85 @@ class MQTTClient:
         except Exception as e:
             self._drop(gen, "read failed: %s" % _why(e))
 
-    async def _read_publish(self, gen, kind, n):
-        qos = kind >> 1 & 3
-        if qos == 3:
-            raise ValueError("PUBLISH with QoS 3")
-        if n < 3:
-            raise ValueError("PUBLISH of %d bytes" % n)
-        if n > self._max:
-            return await self._skip(gen, qos, n)
-        b = self._rbuf
-        mv = self._rmv
-        pl = 2 if qos else 0
-        pid = 0
-        if n <= _RBUF:
-            k = self._take(mv[:n])
-            if k < n:
-                await self._fill(mv[k:n])
-            tl = b[0] << 8 | b[1]
-            i = 2 + tl
-            if not tl or i + pl > n:
-                raise ValueError("PUBLISH topic of %d bytes in a packet of %d" % (tl, n))
-            topic = str(mv[2:i], "utf-8")
-            if qos:
-                pid = b[i] << 8 | b[i + 1]
-            msg = bytes(mv[i + pl:n])
-        else:
-            await self._fill(mv[:2])
-            tl = b[0] << 8 | b[1]
-            if not tl or 2 + tl + pl > n:
-                raise ValueError("PUBLISH topic of %d bytes in a packet of %d" % (tl, n))
-            topic = str(await self._r.readexactly(tl), "utf-8")
-            if qos:
-                await self._fill(mv[:2])
-                pid = b[0] << 8 | b[1]
-            msg = await self._r.readexactly(n - 2 - tl - pl)
-        if "+" in topic or "#" in topic:
-            raise ValueError("PUBLISH to a wildcard topic %s" % topic)
-        if qos == 2:
-            self.skipped += 1
-            self._log("error", "refused a QoS 2 message on %s: QoS 2 is not supported" % topic)
-            return
-        if qos:
-            # A broker resends (DUP) a message whose PUBACK it never got, though we took it: a
-            # TOGGLE would toggle twice. A small int key: packet id and a 14-bit hash of the message.
-            key = pid | ((hash(topic) ^ hash(msg)) & 0x3FFF) << 16
-            if kind & 8 and key in self._seen:
-                await self._send(gen, _PUBACK, None, pid=pid)
-                self.redelivered += 1
-                self._log("info", "dropped a redelivery of packet %d on %s: already handled" % (pid, topic))
-                return
-            # Back-pressure: stop reading while the consumer catches up (Mosquitto 2.0 does not keep to
-            # its in-flight window) — but not while a publish awaits its PUBACK, which sits behind this
-            # message in the stream: that would deadlock the link. Then hold more, up to _RX1_MAX.
-            t = ticks_ms()
-            while (self._inbox.n - self._rx0 >= _RX1 and gen == self._gen and not self._awaiting_ack()
-                   and ticks_diff(ticks_ms(), t) < _RX1_WAIT):
-                await _sleep_ms(5)
-            if self._inbox.n - self._rx0 >= _RX1_MAX:  # unacknowledged: the broker resends it on reconnect
-                self.rx_dropped += 1
-                self._log("error", "held %d unacknowledged messages: left packet %d on %s to the broker"
-                          % (_RX1_MAX, pid, topic))
-                return
-            self._seen[self._seen_i] = key
-            self._seen_i = (self._seen_i + 1) % _SEEN
-        if not self._deliver(topic, msg, bool(kind & 1), pid, gen) and qos:
-            await self._send(gen, _PUBACK, None, pid=pid)  # not for us: acknowledge and forget
-        # Let the consumer (and every other task) run before the next message: the socket may
-        # hold many, and reading them all at once would overflow the incoming queue.
-        await _sleep_ms(0)
+    def _admit(self, gen, kind, topic, msg, pid):
+        """Awaitable: False when a QoS 1 message is a redelivery of one already taken, or is left
+        unacknowledged to the broker (which resends it on reconnect) because the consumer lags."""
+        # A broker resends (DUP) a message whose PUBACK it never got, though we took it: a TOGGLE
+        # would toggle twice. A small int key: packet id and a 14-bit hash of the message.
+        key = pid | ((hash(topic) ^ hash(msg)) & 0x3FFF) << 16
+        if kind & 8 and key in self._seen:
+            self._ack(gen, pid)
+            self.redelivered += 1
+            self._log("info", "dropped a redelivery of packet %d on %s: already handled" % (pid, topic))
+            return _FALSE
+        if self._held():
+            return self._backpressure(gen, key, topic, pid)
+        self._remember(key)
+        return _TRUE
+
+    def _remember(self, key):
+        # Only once the message is taken in: one left to the broker must count as new when it comes again.
+        self._seen[self._seen_i] = key
+        self._seen_i = (self._seen_i + 1) % _SEEN
+
+    async def _backpressure(self, gen, key, topic, pid):
+        """False when the QoS 1 message is left unacknowledged to the broker (it resends it on reconnect).
+        Stops reading while the consumer catches up (Mosquitto 2.0 does not keep to its in-flight
+        window), but not while a publish awaits its PUBACK, which sits behind this message in the
+        stream: that would deadlock the link. Then holds more, up to _RX1_MAX."""
+        t = ticks_ms()
+        while self._held() and gen == self._gen and not self._awaiting_ack() and ticks_diff(ticks_ms(), t) < _RX1_WAIT:
+            await _sleep_ms(5)
+        if self._in_n - self._rx0 >= _RX1_MAX or self._in_n == len(self._in_t):
+            self.rx_dropped += 1
+            self._log("error", "held %d unacknowledged messages: left packet %d on %s to the broker"
+                      % (_RX1_MAX, pid, topic))
+            return False
+        self._remember(key)
+        return True
 
     async def _skip(self, gen, qos, n):
         """Read an oversized PUBLISH in small chunks and forget it; acknowledge it so it is not resent."""
         b = self._rbuf
-        mv = self._rmv
+        rx = self._rx
         topic = "?"
         pid = 0
-        left = n
-        if n >= 2:
-            await self._fill(mv[:2])
-            tl = b[0] << 8 | b[1]
-            left -= 2
-            if tl <= _RBUF and tl + (2 if qos else 0) <= left:
-                await self._fill(mv[:tl])
-                left -= tl
-                try:
-                    topic = str(mv[:tl], "utf-8")
-                except ValueError:
-                    pass
-                if qos:
-                    await self._fill(mv[:2])
-                    pid = b[0] << 8 | b[1]
-                    left -= 2
+        left = n - 2
+        await rx.read(2)
+        tl = b[0] << 8 | b[1]
+        if tl and tl + (2 if qos else 0) <= left:
+            await rx.read(tl, True)
+            left -= tl
+            try:
+                topic = str(rx.got, "utf-8")
+            except ValueError:
+                pass
+            rx.got = None
+            if qos:
+                await rx.read(2)
+                pid = b[0] << 8 | b[1]
+                left -= 2
         while left:
             k = min(left, _RBUF)
-            await self._fill(mv[:k])
+            await rx.read(k)
             left -= k
         self.skipped += 1
         self._log("warning", "skipped a %d-byte message on %s: larger than max_packet %d" % (n, topic, self._max))
         if qos == 1:
-            await self._send(gen, _PUBACK, None, pid=pid)
+            self._ack(gen, pid)
+
+    def _held(self):
+        """True when the consumer lags: _RX1 QoS 1 messages wait, or the inbox is full."""
+        return self._in_n - self._rx0 >= _RX1 or self._in_n == len(self._in_t)
 
     def _awaiting_ack(self):
-        for rec in self._pending.values():
-            if rec[2] is not None:  # a deadline: somebody waits for this ack
+        p = self._pending
+        for pid in p:
+            if p[pid].deadline is not None:  # armed: somebody waits for this ack
                 return True
         return False
 
-    def _deliver(self, topic, msg, retained, pid, gen):
+    def _deliver(self, topic, msg, retained, pid):
         """Queue a message for `async for`; False when it is dropped."""
         for f in self._subs:
             if topic_matches(f, topic):
@@ -985,41 +1124,41 @@ class MQTTClient:
             self._log("info", "ignored a retained command on %s" % topic)
             return False
         if not pid:
-            if self._rx0 >= self._rx0_max:
+            if self._rx0 >= self._rx0_max or self._in_n == len(self._in_t):
                 self.rx_dropped += 1
                 self._log("warning", "incoming queue full: dropped a QoS 0 message on %s" % topic)
                 return False
             self._rx0 += 1
         self.rx += 1
-        self._inbox.push((topic, msg, retained, pid, gen))
+        size = len(self._in_t)
+        j = (self._in_h + self._in_n) % size
+        self._in_t[j] = topic
+        self._in_m[j] = msg
+        self._in_f[j] = pid << 2 | (2 if pid else 0) | retained
+        self._in_n += 1
         self._rxev.set()
         return True
+
+    def _take(self, item):
+        """Move the oldest message of the inbox into `item`; a QoS 1 one is acknowledged now."""
+        j = self._in_h
+        item[0] = self._in_t[j]
+        item[1] = self._in_m[j]
+        f = self._in_f[j]
+        item[2] = bool(f & 1)
+        self._in_t[j] = self._in_m[j] = None
+        self._in_h = (j + 1) % len(self._in_t)
+        self._in_n -= 1
+        if not f & 2:
+            self._rx0 -= 1
+        elif f >> 2:
+            self._ack(self._gen, f >> 2)
 
     def _log(self, level, msg):
         try:
             self._logf(level, msg)
         except Exception as e:  # a broken logger must not take the link down
             print("mqtt log failed:", e, msg)
-
-
-def _der(path):
-    """A certificate or key file as DER: MicroPython's mbedtls takes them only so (CPython's
-    load_verify_locations does too)."""
-    with open(path, "rb") as f:
-        data = f.read()
-    begin = data.find(b"-----BEGIN")
-    if begin < 0:
-        return data
-    from binascii import a2b_base64
-    body = data[data.find(b"\n", begin) + 1:data.find(b"-----END", begin)]  # the first certificate
-    return a2b_base64(b"".join(line.strip() for line in body.split(b"\n")))
-
-
-def _named(coro, name):
-    t = asyncio.create_task(coro)
-    if hasattr(t, "set_name"):  # CPython; MicroPython tasks have no names
-        t.set_name(name)
-    return t
 
 
 def _nodelay(w):
@@ -1033,7 +1172,9 @@ def _nodelay(w):
 
 
 def _close(w):
+    # The socket itself: MicroPython's Stream.close() does nothing, and a dropped link's socket
+    # would stay open, holding the broker's side of it and one of the few sockets a board has.
     try:
-        w.close()
+        w.s.close()
     except Exception:  # the socket may be dead already
         pass

@@ -62,6 +62,7 @@ class FakeBroker:
     subscribed: list[tuple[str, int]] = field(default_factory=list)
     pings: int = 0
     pubacks: list[int] = field(default_factory=list)
+    hangups: int = 0  # connections an MQTT client closed
     _loop: asyncio.AbstractEventLoop | None = field(default=None, init=False)
     _thread: threading.Thread | None = field(default=None, init=False)
     _stop: asyncio.Event | None = field(default=None, init=False)
@@ -134,22 +135,29 @@ class FakeBroker:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
-        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
-            while True:
-                first = (await reader.readexactly(1))[0]
-                n, shift = 0, 0
-                while True:
-                    d = (await reader.readexactly(1))[0]
-                    n |= (d & 0x7F) << shift
-                    shift += 7
-                    if not d & 0x80:
-                        break
-                body = await reader.readexactly(n)
-                self._handle(first, body, writer)
-                await writer.drain()
+        with contextlib.suppress(asyncio.CancelledError):
+            try:
+                await self._serve_client(reader, writer)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                # An MQTT client's; not start()'s check that the port is open.
+                self.hangups += any(c.writer is writer for c in self.connections)
         writer.close()
         self._tasks.discard(task)
         self._note()
+
+    async def _serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            first = (await reader.readexactly(1))[0]
+            n, shift = 0, 0
+            while True:
+                d = (await reader.readexactly(1))[0]
+                n |= (d & 0x7F) << shift
+                shift += 7
+                if not d & 0x80:
+                    break
+            body = await reader.readexactly(n)
+            self._handle(first, body, writer)
+            await writer.drain()
 
     def _handle(self, first: int, body: bytes, writer: asyncio.StreamWriter) -> None:
         kind = first & 0xF0

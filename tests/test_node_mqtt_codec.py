@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from fleet import topics
-from pysmartnode import mqtt
+from pysmartnode import mqtt, mqtt_tls
 from tests.fakebroker import mqtt_length
 
 
@@ -65,7 +65,7 @@ def test_matching_spec_examples() -> None:
 
 
 def test_ring_drops_the_oldest_and_puts_back_at_the_head() -> None:
-    r = mqtt._Ring(3)
+    r = mqtt._Ring([None] * 3)
     assert [r.push(i) for i in range(5)] == [None, None, None, 0, 1]
     assert r.pop() == 2
     assert r.push_front("again") and not r.push_front("no room")
@@ -80,7 +80,7 @@ def test_a_pem_ca_becomes_der(tmp_path) -> None:  # MicroPython's mbedtls takes 
     pem = make_tls(tmp_path / "tls", ["localhost"])["ca"].read_text()
     with_junk = tmp_path / "ca.pem"
     with_junk.write_text("Bag Attributes\n    friendlyName: home\r\n" + pem.replace("\n", "\r\n"))
-    assert mqtt._der(str(with_junk)) == ssl.PEM_cert_to_DER_cert(pem)
+    assert mqtt_tls.der(str(with_junk)) == ssl.PEM_cert_to_DER_cert(pem)
 
 
 def test_packet_ids_wrap_and_skip_the_ones_in_use() -> None:
@@ -91,3 +91,14 @@ def test_packet_ids_wrap_and_skip_the_ones_in_use() -> None:
     c._pid = 65533
     c._pending = {}
     assert [c._newpid() for _ in range(3)] == [65534, 65535, 1]  # never 0
+
+
+def test_publish_refuses_an_invalid_topic_name_every_time() -> None:
+    # Offline, publish only checks and queues: that much runs under CPython too.
+    c = mqtt.MQTTClient("n1", "127.0.0.1")
+    for _ in range(2):
+        with pytest.raises(ValueError, match="invalid topic name"):
+            c.publish("home/+/x", b"1")
+    c.publish("home/n1/x", b"1")
+    c.publish(b"home/n1/x", "2")
+    assert c.stats()["queued"] == 2

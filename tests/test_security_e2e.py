@@ -348,7 +348,7 @@ def test_esp8266_tls_runs_unverified_and_says_so(monkeypatch: pytest.MonkeyPatch
     """No ESP8266 can run here: a stand-in with exactly the `ssl` API of its axTLS build
     (MicroPython's extmod/modssl_axtls.c: SSLContext with load_cert_chain and wrap_socket, no CERT_*
     constants, no verify_mode) shows the node client builds its context there instead of failing."""
-    from pysmartnode import mqtt
+    from pysmartnode import mqtt_tls
 
     class AxtlsContext:
         __slots__ = ("chain",)  # like the C type: setting verify_mode would raise AttributeError
@@ -364,10 +364,8 @@ def test_esp8266_tls_runs_unverified_and_says_so(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setitem(sys.modules, "ssl", axtls)
     files = make_tls(tmp_path / "tls", ["localhost"])
     logged: list[tuple[str, str]] = []
-    client = mqtt.MQTTClient("n", "broker.lan", 8883, tls={"ca": str(files["ca"]), "cert": str(files["client_cert"]),
-                                                           "key": str(files["client_key"])},
-                             log=lambda level, msg: logged.append((level, msg)))
-    ctx = client._ssl_context()
+    ctx = mqtt_tls.context({"ca": str(files["ca"]), "cert": str(files["client_cert"]), "key": str(files["client_key"])},
+                           lambda level, msg: logged.append((level, msg)))
     assert isinstance(ctx, AxtlsContext) and ctx.chain and ctx.chain[0].startswith(b"\x30")  # DER
     assert logged == [("warning", "TLS without certificate verification: this board's TLS cannot verify the broker")]
 
