@@ -592,11 +592,10 @@ class MQTTClient:
         self._up = False
         if self._q.n:
             self._log("warning", "closed with %d messages still queued" % self._q.n)
-        for t in (self._task, self._rtask, self._ptask):
-            if t is not None:
-                t.cancel()
-        self._task = None
-        self._teardown()
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        self._teardown()  # cancels the link's own tasks
         self._ready.clear()
         self._closed = True
         self._rxev.set()
